@@ -132,10 +132,15 @@ def reference_visibility(length: int, settings: LSGSettings) -> tuple[Tensor, Te
 def reference_lsg_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    compute_dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """LSG attention computed densely in float64 from the rules (signature of `AttentionVariant`)."""
+    """LSG attention computed densely from the rules (signature of `AttentionVariant`).
+
+    `compute_dtype` defaults to float64 (the truth); tests also run it in bf16/fp16 to measure the error
+    a plain low-precision implementation makes, the yardstick for the fast kernel's half-precision error.
+    """
     dtype = query.dtype
-    q, k, v = (x.double().cpu() for x in (query, key, value))
+    q, k, v = (x.to(compute_dtype).cpu() for x in (query, key, value))
     B, H, total, D = q.shape
     G, bs = settings.num_global_tokens, settings.block_size
     T = total - G
@@ -159,6 +164,6 @@ def reference_lsg_attention(
         keys, values = torch.cat([k, s_k], 2), torch.cat([v, s_v], 2)
         visible = torch.cat([visible.expand(B, H, -1, -1), sparse[None, None] & s_m[:, :, None]], dim=3)
     scores = (q @ keys.transpose(-1, -2)) * scaling
-    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1).to(compute_dtype)
     probs = torch.nn.functional.dropout(probs, dropout, training=training)
     return (probs @ values)[:, :, : G + T].to(device=query.device, dtype=dtype)

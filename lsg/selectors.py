@@ -120,8 +120,9 @@ def select_bos_pooling(inputs: SelectorInputs) -> SparseTokens:
     valid = inputs.valid.view(B, 1, T // f, f)
     # float32 scores: a masked fill of finfo.min keeps fully padded groups finite (uniform weights);
     # the group is then marked invalid, so those weights never reach an output (fixes D4).
-    scores = torch.einsum("bhd,bhgfd->bhgf", inputs.first_query.float(), keys.float()) * inputs.scaling
-    scores = scores.masked_fill(~valid, torch.finfo(torch.float32).min)
+    accumulate = torch.promote_types(keys.dtype, torch.float32)
+    scores = torch.einsum("bhd,bhgfd->bhgf", inputs.first_query.to(accumulate), keys.to(accumulate)) * inputs.scaling
+    scores = scores.masked_fill(~valid, torch.finfo(accumulate).min)
     weights = scores.softmax(-1).to(keys.dtype)
     pooled_keys = torch.einsum("bhgf,bhgfd->bhgd", weights, keys)
     pooled_values = torch.einsum("bhgf,bhgfd->bhgd", weights, values)
@@ -135,7 +136,8 @@ def select_norm(inputs: SelectorInputs) -> SparseTokens:
     chunk = inputs.settings.selection_chunk
     keep = chunk // inputs.settings.sparsity_factor
     with torch.no_grad():  # the choice is discrete; gradients flow through the gathered keys/values
-        scores = inputs.keys.float().norm(dim=-1) * inputs.valid[:, None]
+        scores = inputs.keys.to(torch.promote_types(inputs.keys.dtype, torch.float32)).norm(dim=-1)
+        scores = scores * inputs.valid[:, None]
         top = scores.view(B, H, T // chunk, chunk).topk(keep, dim=-1).indices
         offsets = torch.arange(0, T, chunk, device=top.device).view(1, 1, -1, 1)
         index = (top + offsets).view(B, H, -1)

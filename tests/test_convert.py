@@ -1,0 +1,235 @@
+"""Conversion of tiny BERT/RoBERTa models: every head, weight transfer rules (I9, I10), in-model equivalence, save/load."""
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_config_kwargs
+from transformers import AutoModel, BertConfig, RobertaConfig
+
+import lsg
+from lsg.families import FAMILIES
+from lsg.positions import global_positions
+
+FAMILY_CONFIGS = {
+    "bert": lambda: BertConfig(**tiny_config_kwargs()),
+    "roberta": lambda: RobertaConfig(**tiny_config_kwargs(max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                                          eos_token_id=2, type_vocab_size=1)),
+}
+HEADS = [(family, suffix) for family in FAMILIES for suffix in FAMILIES[family].heads]
+SMALL = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, bos_token_id=0, mask_token_id=4)
+
+
+def build(family: str, suffix: str = "ForMaskedLM", **config_overrides):
+    config = FAMILY_CONFIGS[family]()
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    return getattr(transformers, FAMILIES[family].name + suffix)(config).eval()
+
+
+def inputs_for(suffix: str, length: int, batch: int = 2, pad: int = 3):
+    ids = torch.randint(5, 99, (batch, length))
+    mask = torch.ones_like(ids)
+    mask[-1, length - pad:] = 0
+    if suffix == "ForMultipleChoice":
+        return {"input_ids": ids[:, None].repeat(1, 2, 1), "attention_mask": mask[:, None].repeat(1, 2, 1)}
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def main_output(output):
+    for name in ("logits", "prediction_logits", "start_logits", "last_hidden_state"):
+        if getattr(output, name, None) is not None:
+            return getattr(output, name)
+    raise AssertionError(f"no output in {type(output)}")
+
+
+@pytest.mark.parametrize(("family", "suffix"), HEADS)
+def test_every_head_converts_and_keeps_output_shapes(family, suffix):
+    model = build(family, suffix)
+    converted = lsg.convert(model, max_length=200, **SMALL)
+    assert type(converted).__name__ == f"LSG{type(model).__name__}"
+    assert isinstance(converted, type(model))
+    inputs = inputs_for(suffix, 150)
+    with torch.no_grad():
+        out = main_output(converted(**inputs))
+        short = main_output(model(**inputs_for(suffix, 40)))
+    assert out.shape[0] == short.shape[0] and out.shape[2:] == short.shape[2:]
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_position_table_is_tiled(family):
+    """I9: the table has L + offset rows and new[off + k] == W[off + k mod n] (defect D1 fixed)."""
+    model = build(family)
+    offset = FAMILIES[family].position_offset
+    for length in (64, 65, 130, 1000):
+        converted = lsg.convert(model, max_length=length, **SMALL)
+        old = model.base_model.embeddings.position_embeddings.weight
+        new = converted.base_model.embeddings.position_embeddings.weight
+        assert new.shape[0] == length + offset == converted.config.max_position_embeddings
+        usable = old.shape[0] - offset
+        index = torch.arange(length) % usable + offset
+        assert torch.equal(new[:offset], old[:offset]) and torch.equal(new[offset:], old[index])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_global_rows_follow_the_reference_formula(family):
+    """I10: row g = P[pos(g)] + W[bos if g == 0 else mask] (+ token-type row 0 for BERT only, D14)."""
+    model = build(family)
+    converted = lsg.convert(model, max_length=128, **SMALL)
+    emb = model.base_model.embeddings
+    offset = FAMILIES[family].position_offset
+    positions = emb.position_embeddings.weight[offset:]
+    table = converted.base_model.embeddings.global_embeddings.weight
+    assert table.shape == (512, 32)
+    pos = global_positions(512, positions.shape[0], 64)
+    # tiny table (64 rows < 512): stride 64 gives one group, wrapped modulo 64 -> 0, 1, 2, ... (D10)
+    assert pos[:4] == [0, 1, 2, 3] and max(pos) < 64
+    expected = positions[pos] + emb.word_embeddings.weight[4]
+    expected[0] = positions[0] + emb.word_embeddings.weight[0]
+    if family == "bert":
+        expected = expected + emb.token_type_embeddings.weight[0]
+    torch.testing.assert_close(table, expected, atol=0, rtol=0)
+
+
+def test_global_positions_of_full_size_tables_match_the_authors():
+    """Spec §2.3, confirmed on the reference: RoBERTa/BERT (512 rows) and BART (1024 rows)."""
+    assert global_positions(10, 512, 64) == [0, 64, 128, 192, 256, 320, 384, 448, 1, 65]
+    assert global_positions(18, 1024, 64)[15:] == [960, 2, 66]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("sparsity_type", ["none", "stride", "norm", "lsh", "bos_pooling"])
+def test_model_matches_dense_reference_variant(family, sparsity_type):
+    """The whole model under "lsg" equals the same weights under the dense "lsg_reference" variant."""
+    model = lsg.convert(build(family), max_length=300, num_global_tokens=3, sparsity_type=sparsity_type, **SMALL)
+    inputs = inputs_for("ForMaskedLM", 203, pad=50)
+    with torch.no_grad():
+        fast = model(**inputs).logits
+        model.set_attn_implementation("lsg_reference")
+        reference = model(**inputs).logits
+    torch.testing.assert_close(fast, reference, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("family", "suffix"), HEADS)
+def test_save_and_reload_round_trip(family, suffix, tmp_path):
+    converted = lsg.convert(build(family, suffix), max_length=128, sparsity_type="pooling", num_global_tokens=2,
+                            **SMALL)
+    converted.save_pretrained(tmp_path)
+    inputs = inputs_for(suffix, 90)
+    auto = getattr(transformers, lsg.families.AUTO_CLASS_OF_SUFFIX[suffix]).from_pretrained(tmp_path).eval()
+    loaded = lsg.load(tmp_path).eval()
+    assert type(loaded) is type(converted) is type(auto)
+    assert loaded.config.sparsity_type == "pooling" and loaded.config.num_global_tokens == 2
+    assert loaded.config._attn_implementation == "lsg"
+    with torch.no_grad():
+        expected = main_output(converted(**inputs))
+        torch.testing.assert_close(main_output(loaded(**inputs)), expected, atol=0, rtol=0)
+        torch.testing.assert_close(main_output(auto(**inputs)), expected, atol=0, rtol=0)
+
+
+def test_load_can_pick_another_head(tmp_path):
+    lsg.convert(build("bert", "ForMaskedLM"), max_length=128, **SMALL).save_pretrained(tmp_path)
+    classifier = lsg.load(tmp_path, architecture="ForSequenceClassification", num_labels=3)
+    assert type(classifier).__name__ == "LSGBertForSequenceClassification"
+    assert classifier.config.num_labels == 3
+    with pytest.raises(ValueError, match="architecture"):
+        lsg.load(tmp_path, architecture="ForCausalLM")
+
+
+def test_load_rejects_a_plain_checkpoint(tmp_path):
+    build("bert").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not an LSG one"):
+        lsg.load(tmp_path)
+
+
+def test_only_used_global_rows_get_gradients():
+    """I13: gradients reach global rows < G and no others."""
+    model = lsg.convert(build("roberta"), max_length=128, num_global_tokens=3, **SMALL).train()
+    inputs = inputs_for("ForMaskedLM", 100)
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    grad = model.base_model.embeddings.global_embeddings.weight.grad
+    assert grad[:3].abs().sum(1).gt(0).all() and grad[3:].abs().sum() == 0
+
+
+def test_hidden_states_and_pooler_see_real_tokens_only():
+    model = lsg.convert(build("bert", "Model"), max_length=128, num_global_tokens=4, **SMALL)
+    inputs = inputs_for("Model", 70)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 70, 32)
+    assert [h.shape[1] for h in out.hidden_states] == [70, 70, 70]
+    torch.testing.assert_close(out.pooler_output, model.pooler(out.last_hidden_state))
+    with torch.no_grad():
+        as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (2, 70, 32)
+
+
+def test_pool_with_global_puts_global_zero_in_the_first_token():
+    model = lsg.convert(build("bert", "Model"), max_length=128, **SMALL)
+    inputs = inputs_for("Model", 40)
+    with torch.no_grad():
+        pooled = model(**inputs, output_hidden_states=True)
+        model.config.pool_with_global = False
+        plain = model(**inputs)
+    torch.testing.assert_close(pooled.last_hidden_state[:, 1:], plain.last_hidden_state[:, 1:])
+    assert not torch.allclose(pooled.last_hidden_state[:, 0], plain.last_hidden_state[:, 0])
+
+
+def test_conversion_keeps_mode_dtype_and_does_not_touch_the_source():
+    model = build("bert").train().to(torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = lsg.convert(model, max_length=128, **SMALL)
+    assert converted.training and converted.dtype == torch.float64
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert AutoModel is not None and not hasattr(model.base_model.embeddings, "global_embeddings")
+
+
+def test_ids_come_from_the_tokenizer_next_to_the_model_or_fail_clearly(tmp_path):
+    model = build("bert")
+    with pytest.raises(ValueError, match="mask_token_id"):
+        lsg.convert(model, max_length=128)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lsg.convert(model, max_length=128, bos_token_id=0, mask_token_id=500)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"block_size": 0}, "block_size=0"),
+        ({"sparsity_factor": 16}, "sparsity_factor=16"),
+        ({"sparsity_factor": 3}, "sparsity_factor=3"),
+        ({"sparsity_type": "dense"}, "sparsity_type='dense'"),
+        ({"num_global_tokens": 0}, "num_global_tokens=0"),
+        ({"num_global_tokens": 513}, "num_global_tokens=513"),
+        ({"max_length": 32}, "max_length=32"),
+        ({"mask_first_token": True, "pool_with_global": False}, "pool_with_global"),
+        ({"global_positional_stride": 0}, "global_positional_stride=0"),
+    ],
+)
+def test_bad_parameters_raise_a_clear_value_error(kwargs, message):
+    settings = {**SMALL, "max_length": 128, **kwargs}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        lsg.convert(build("bert"), **settings)
+
+
+def test_unsupported_architectures_are_named():
+    gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=99))
+    with pytest.raises(ValueError, match="model_type='gpt2' is not supported.*BertForMaskedLM"):
+        lsg.convert(gpt2, max_length=128, **SMALL)
+    with pytest.raises(ValueError, match="BertLMHeadModel is not supported"):
+        lsg.convert(transformers.BertLMHeadModel(BertConfig(**tiny_config_kwargs(is_decoder=True))), **SMALL)
+    with pytest.raises(ValueError, match="already an LSG model"):
+        lsg.convert(lsg.convert(build("bert"), max_length=128, **SMALL), max_length=256, **SMALL)
+
+
+def test_inputs_longer_than_max_length_are_refused():
+    """D17: a clear error with the limit instead of an index error in the position table."""
+    model = lsg.convert(build("bert"), max_length=100, **SMALL)
+    with pytest.raises(ValueError, match="exceeds max_length=100"):
+        model(input_ids=torch.randint(5, 99, (1, 101)))
+
+
+def test_prepared_4d_masks_are_refused():
+    model = lsg.convert(build("bert"), max_length=100, **SMALL)
+    with pytest.raises(ValueError, match="2-D"):
+        model(input_ids=torch.randint(5, 99, (1, 30)), attention_mask=torch.ones(1, 1, 30, 30, dtype=torch.bool))
