@@ -1,4 +1,4 @@
-"""Conversion of tiny BERT/RoBERTa models: every head, weight transfer rules (I9, I10), in-model equivalence, save/load."""
+"""Conversion of tiny BERT/RoBERTa models: every head, transfer rules (I9, I10), equivalence, save/load."""
 
 import pytest
 import torch
