@@ -115,20 +115,24 @@ def _draw_grid(ax: Axes, length: int, settings: LSGSettings) -> None:
     grid = attention_grid(length, settings)
     ax.imshow(grid.numpy(), cmap=ListedColormap(_COLOURS), norm=BoundaryNorm(range(len(_COLOURS) + 1), len(_COLOURS)),
               interpolation="nearest")
-    for edge in range(bs, length, bs):  # block boundaries between tokens
-        ax.axhline(G + edge - 0.5, color="0.55", linewidth=0.6)
-        ax.axvline(G + edge - 0.5, color="0.55", linewidth=0.6)
+    blocks = -(-length // bs)
+    if blocks <= 32:  # beyond that the boundary lines would cover the cells
+        for edge in range(bs, length, bs):
+            ax.axhline(G + edge - 0.5, color="0.55", linewidth=0.6)
+            ax.axvline(G + edge - 0.5, color="0.55", linewidth=0.6)
     ax.axhline(G - 0.5, color="black", linewidth=1.4)  # globals | tokens
     ax.axvline(G - 0.5, color="black", linewidth=1.4)
-    # Label the globals and token blocks at their centres (every `step`-th block, at most ~12 labels).
-    step = -(-length // bs // 12) or 1
-    starts = range(0, length, bs * step)
+    # Label the globals and token blocks at their centres: at most ~12 labels, so every `step`-th block,
+    # skipping block 0 when thinned out (its label would then run into the globals' label).
+    step = -(-blocks // 12)
+    starts = range(0 if step == 1 else bs * step, length, bs * step)
     positions = [(G - 1) / 2, *(G + t + (min(bs, length - t) - 1) / 2 for t in starts)]
     labels = ["g" if G == 1 else f"g0-{G - 1}", *(f"{t}-{min(t + bs, length) - 1}" for t in starts)]
     ax.set_xticks(positions, labels, fontsize=7)
     ax.set_yticks(positions, labels, fontsize=7)
     ax.tick_params(length=0)
-    ax.set_xlabel(f"key: global tokens (g), then real tokens; grey lines = blocks of bs={bs}")
+    lines_note = f"; grey lines = blocks of bs={bs}" if blocks <= 32 else ""
+    ax.set_xlabel(f"key: global tokens (g), then real tokens{lines_note}")
     ax.set_ylabel("query: global tokens (g), then real tokens")
     padded = padded_length(length, settings)
     if length <= 2 * bs:
@@ -164,7 +168,7 @@ def _draw_cost(ax: Axes, lengths: Sequence[int], settings: LSGSettings) -> None:
     ax.set_xticks(list(lengths), [str(T) for T in lengths], fontsize=8)
     ax.set_xlabel("sequence length T (tokens)")
     ax.set_ylabel("keys per real-token query (log scale)")
-    ax.set_title(f"Cost per query, defaults ({_describe(settings)})", fontsize=10)
+    ax.set_title(f"Cost per query at {_describe(settings)}", fontsize=10)
     ax.annotate(f"{lsg[-1] / full[-1]:.2f}x of full", (lengths[-1], lsg[-1]), textcoords="offset points",
                 xytext=(-10, 10), ha="right", fontsize=8, color=_COLOURS[LOCAL])
     ax.grid(True, which="both", linewidth=0.3)

@@ -216,8 +216,10 @@ def test_unsupported_architectures_are_named():
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=99))
     with pytest.raises(ValueError, match="model_type='gpt2' is not supported.*BertForMaskedLM"):
         lsg.convert(gpt2, max_length=128, **SMALL)
-    with pytest.raises(ValueError, match="BertLMHeadModel is not supported"):
+    with pytest.raises(ValueError, match="is_decoder=True"):
         lsg.convert(transformers.BertLMHeadModel(BertConfig(**tiny_config_kwargs(is_decoder=True))), **SMALL)
+    with pytest.raises(ValueError, match="BertLMHeadModel is not supported"):
+        lsg.convert(transformers.BertLMHeadModel(BertConfig(**tiny_config_kwargs())), **SMALL)
     with pytest.raises(ValueError, match="already an LSG model"):
         lsg.convert(lsg.convert(build("bert"), max_length=128, **SMALL), max_length=256, **SMALL)
 

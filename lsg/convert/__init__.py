@@ -14,7 +14,6 @@ round-trips. Every source weight is copied unchanged; the result has the same he
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import tempfile
@@ -22,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGSettings
-
-logger = logging.getLogger(__name__)
 
 # Config entries that describe the source checkpoint rather than the converted model.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
@@ -82,6 +79,23 @@ def _head_suffix(model: PreTrainedModel, family: Family) -> str:
     return suffix
 
 
+def check_source(config: PretrainedConfig, max_length: int, global_positional_stride: int = 64) -> Family:
+    """Everything about a source config that makes conversion impossible, checked before weights are read."""
+    family = family_of(config)
+    if config.model_type != family.model_type:
+        raise ValueError(f"model is already an LSG model ({config.model_type}); convert its source instead")
+    if getattr(config, "is_decoder", False):
+        raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
+    original_length = config.max_position_embeddings - family.position_offset
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
+        raise ValueError(
+            f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
+        )
+    if global_positional_stride < 1:
+        raise ValueError(f"global_positional_stride={global_positional_stride} must be >= 1")
+    return family
+
+
 def convert(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -124,26 +138,15 @@ def convert(
     """
     if max_sequence_length is not None:
         max_length = max_sequence_length
-    family = family_of(model.config)
-    if model.config.model_type != family.model_type:
-        raise ValueError(f"model is already an LSG model ({model.config.model_type}); convert its source instead")
-    suffix = _head_suffix(model, family)
-    if getattr(model.config, "is_decoder", False):
-        raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
     settings = LSGSettings(
         block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor,
         sparsity_type=sparsity_type, num_global_tokens=num_global_tokens, mask_first_token=mask_first_token,
         pool_with_global=pool_with_global, lsh_num_pre_rounds=lsh_num_pre_rounds, lsh_seed=lsh_seed,
         adaptive=adaptive,
     )
+    family = check_source(model.config, max_length, global_positional_stride)
+    suffix = _head_suffix(model, family)
     offset = family.position_offset
-    original_length = model.config.max_position_embeddings - offset
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
-        raise ValueError(
-            f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
-        )
-    if global_positional_stride < 1:
-        raise ValueError(f"global_positional_stride={global_positional_stride} must be >= 1")
     first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
 
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
@@ -213,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-first-token", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--pool-with-global", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lsh-num-pre-rounds", type=int, default=defaults.lsh_num_pre_rounds)
+    p.add_argument("--lsh-seed", type=int, default=defaults.lsh_seed)
+    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=defaults.adaptive,
+                   help="pad inputs to a block multiple internally")
     p.add_argument("--random-global-init", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--global-positional-stride", type=int, default=64)
     p.add_argument("--use-token-ids", action=argparse.BooleanOptionalAction, default=True)
@@ -226,48 +232,59 @@ def _print_architectures() -> None:
         print(f"{family.model_type:<10} {heads}")
 
 
+def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The `convert` keyword arguments given on the command line."""
+    names = (*LSGSettings.field_names(), "max_length", "random_global_init", "global_positional_stride",
+             "use_token_ids", "seed")
+    return {name: getattr(args, name) for name in names}
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Write into a sibling directory, then swap it in: a crash never leaves a half-written or missing model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+    retired = out.parent / f".{out.name}.old.{staging.name.rsplit('.', 1)[-1]}"
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if out.exists():
+            os.replace(out, retired)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     """Entry point of `python -m lsg.convert`; returns the output directory."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.list:
         _print_architectures()
         return None
     if not args.model or not args.out:
-        _parser().error("--model and --out are required (or --list)")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+        parser.error("--model and --out are required (or --list)")
+    if args.out.exists() and (not args.out.is_dir() or (any(args.out.iterdir()) and not args.overwrite)):
+        parser.error(f"--out {args.out} exists and is not an empty directory; pass --overwrite to replace it")
+    if args.num_labels is not None and args.num_labels < 1:
+        parser.error(f"--num-labels {args.num_labels} must be >= 1")
+    options = _settings_from(args)
+    try:  # every check that needs no weights runs before the (possibly multi-GB) load
+        LSGSettings(**{name: options[name] for name in LSGSettings.field_names()})
+        config = AutoConfig.from_pretrained(args.model)
+        check_source(config, args.max_length, args.global_positional_stride)
+        head_class = _head_class_for(config, args.architecture)
+    except ValueError as error:
+        parser.error(str(error))
     torch.manual_seed(args.seed)  # new heads (e.g. a classifier) get reproducible weights
-    config = AutoConfig.from_pretrained(args.model)
-    head_class = _head_class_for(config, args.architecture)  # fails before any weight is read
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
     model = head_class.from_pretrained(args.model, **extra)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    converted = convert(
-        model, tokenizer, max_length=args.max_length, block_size=args.block_size,
-        sparse_block_size=args.sparse_block_size, sparsity_factor=args.sparsity_factor,
-        sparsity_type=args.sparsity_type, num_global_tokens=args.num_global_tokens,
-        mask_first_token=args.mask_first_token, pool_with_global=args.pool_with_global,
-        lsh_num_pre_rounds=args.lsh_num_pre_rounds, random_global_init=args.random_global_init,
-        global_positional_stride=args.global_positional_stride, use_token_ids=args.use_token_ids, seed=args.seed,
-    )
+    converted = convert(model, tokenizer, **options)
     tokenizer.model_max_length = args.max_length
-    # write next to the target, then swap in: an interrupted run never leaves a half-written model
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
-    try:
-        converted.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        os.replace(staging, args.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _save_atomically(converted, tokenizer, args.out)
     print(f"saved {type(converted).__name__} (max_length={args.max_length}, {args.sparsity_type}) to {args.out}")
     return args.out
 
 
 __all__ = ["convert", "main", "special_token_ids"]
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()
