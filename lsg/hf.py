@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from lsg.families import family_of
 from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
 
 logger = logging.getLogger(__name__)
+_warn_once = functools.cache(logger.warning)  # once per message, not once per layer and step
 
 
 def lsg_mask(*, attention_mask: Tensor | None = None, mask_function: Any = None, **kwargs: Any) -> Tensor | None:
@@ -78,7 +80,7 @@ def _interface_for(variant_name: str):
             return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                     **kwargs)
         if kwargs.get("output_attentions"):
-            logger.warning("LSG attention does not return attention weights; `attentions` will be empty")
+            _warn_once("LSG attention does not return attention weights; `attentions` will be empty")
         settings = LSGSettings.from_object(module.config)
         tokens = key.shape[-2] - settings.num_global_tokens
         valid = _token_validity(attention_mask, key.shape[0], tokens, key.device)
@@ -93,11 +95,14 @@ def _interface_for(variant_name: str):
     return attention_forward
 
 
+def _register_with_transformers(name: str, variant: object) -> None:
+    AttentionInterface.register(name, _interface_for(name))
+    AttentionMaskInterface.register(name, lsg_mask)
+
+
 def register_attention_variants() -> None:
-    """Make every variant selectable as `attn_implementation=<name>` in transformers."""
-    for name in ATTENTION_VARIANTS.names():
-        AttentionInterface.register(name, _interface_for(name))
-        AttentionMaskInterface.register(name, lsg_mask)
+    """Make every variant, including ones registered later, selectable as `attn_implementation=<name>`."""
+    ATTENTION_VARIANTS.on_register(_register_with_transformers)
 
 
 # --- global tokens -------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 I3: at T <= 2*bs, with the global keys hidden and `pool_with_global=False`, the LSG model's real-token
 outputs equal the original model's. Hiding the global keys needs an attention variant of its own,
-"lsg_tokens_only", registered here (importing this module registers it with transformers too).
+"lsg_tokens_only", registered here (and so, through the registry, with transformers).
 Only the short rule is covered: beyond 2*bs the LSG layout differs from dense attention by design.
 
 I3' does not hold exactly (every token also attends to the globals, and the first token's output is
@@ -20,7 +20,6 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lsg.attention import ATTENTION_VARIANTS, attend
-from lsg.hf import register_attention_variants
 from lsg.settings import LSGSettings
 
 TOKENS_ONLY = "lsg_tokens_only"
@@ -56,8 +55,6 @@ def tokens_only_attention(
     visible = F.pad(token_valid.bool(), (G, 0), value=False)[:, None, None]  # (B, 1, 1, G+T)
     return attend(query, key, value, visible, scaling, dropout if training else 0.0)
 
-
-register_attention_variants()  # transformers only sees variants registered before this call
 
 
 @contextmanager

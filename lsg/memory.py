@@ -40,10 +40,11 @@ class PeakMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         # Outputs sharing a storage with an input (views, in-place results) or with an earlier output of
-        # the same op are not new memory.
+        # the same op are not new memory. Inputs are read before the op: an `out=` tensor it resizes
+        # gets a new storage, which is new memory.
         seen = {_storage_key(t) for t in tree_leaves((args, kwargs)) if _is_counted(t)}
+        out = func(*args, **kwargs)
         for tensor in tree_leaves(out):
             if _is_counted(tensor):
                 key = _storage_key(tensor)
@@ -64,7 +65,7 @@ class PeakMemory(TorchDispatchMode):
             self.live_bytes += entry[0]
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         entry[1] += 1
-        weakref.finalize(tensor, self._release, key, entry[2])
+        weakref.finalize(tensor, self._release, key, entry[2]).atexit = False  # nothing to count at exit
 
     def _release(self, key: int, generation: int) -> None:
         entry = self._storages.get(key)

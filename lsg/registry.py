@@ -19,6 +19,13 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._listeners: list[Callable[[str, T], None]] = []
+
+    def on_register(self, listener: Callable[[str, T], None]) -> None:
+        """Call `listener(name, obj)` for every entry, now and whenever one is added later."""
+        self._listeners.append(listener)
+        for name, obj in self._entries.items():
+            listener(name, obj)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator adding an object under `name`; a second object under the same name raises."""
@@ -27,6 +34,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
+            for listener in self._listeners:
+                listener(name, obj)
             return obj
 
         return add

@@ -125,6 +125,7 @@ def convert(
         model: a supported transformers model (see `lsg.supported_architectures()`); not modified.
         tokenizer: its tokenizer, used for the BOS/CLS and MASK ids of the global init; if omitted the ids
             come from `bos_token_id`/`mask_token_id`, else from the tokenizer saved at `model.name_or_path`.
+            Its `model_max_length` is set to `max_length`, so truncation follows the new limit.
         max_length: L, new maximum number of tokens (alias `max_sequence_length`, the authors' name).
         block_size, sparse_block_size, sparsity_factor, sparsity_type, num_global_tokens, mask_first_token,
             pool_with_global, lsh_num_pre_rounds, lsh_seed, adaptive: see `lsg.LSGSettings`.
@@ -175,6 +176,8 @@ def convert(
                            f"unexpected {result.unexpected_keys}")
     converted.to(model.device)
     converted.train(model.training)
+    if tokenizer is not None:
+        tokenizer.model_max_length = max_length
     return converted
 
 
