@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  sparsity_factor=args.sparsity_factor, sparsity_type=args.sparsity_type,
                  num_global_tokens=args.num_global_tokens)
     model = lsg.convert(original, tokenizer, max_length=args.max_length, **knobs).eval()
-    tokenizer.model_max_length = args.max_length
 
     articles = bbc_articles()
     article, tokens = longest_article(articles, tokenizer)
