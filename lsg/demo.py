@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import lsg
 from lsg.assets import bbc_articles, minilm_dir
@@ -132,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert the real MiniLM checkpoint to LSG and run it on the longest BBC News article.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", type=Path, help="BertModel + tokenizer directory; if omitted, the MiniLM asset "
-                   "($LSG_MINILM_DIR overrides it)")
+    p.add_argument("--model", type=Path, help="encoder + tokenizer directory (BERT or RoBERTa); if omitted, the "
+                   "MiniLM asset ($LSG_MINILM_DIR overrides it)")
     p.add_argument("--out", type=Path, default=Path("runs/demo/report.json"), help="JSON report path")
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--block-size", type=int, default=defaults.block_size)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     transformers.utils.logging.disable_progress_bar()
     path = args.model or minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    original = BertModel.from_pretrained(path).eval()
+    original = AutoModel.from_pretrained(path).eval()
     knobs = dict(block_size=args.block_size, sparse_block_size=args.sparse_block_size,
                  sparsity_factor=args.sparsity_factor, sparsity_type=args.sparsity_type,
                  num_global_tokens=args.num_global_tokens)

@@ -64,13 +64,13 @@ class Family:
         return getattr(transformers, f"{self.name}{suffix}")
 
     def suffix_of(self, class_name: str) -> str | None:
-        """Head suffix of a transformers or LSG class name of this family ("LSGBertForMaskedLM" -> "ForMaskedLM")."""
-        stem = class_name.removeprefix("LSG")
-        if not stem.startswith(self.name):
-            return None
-        suffix = stem[len(self.name):]
-        return suffix if suffix in self.heads else None
+        """Head suffix named by a class name of this family, with or without the family and LSG prefixes.
 
+        "LSGBertForMaskedLM", "BertForMaskedLM" and "ForMaskedLM" all give "ForMaskedLM"; None if not a head.
+        """
+        stem = class_name.removeprefix("LSG")
+        suffix = stem[len(self.name):] if stem.startswith(self.name) else stem
+        return suffix if suffix in self.heads else None
 
 _ENCODER_HEADS = (
     "Model", "ForMaskedLM", "ForSequenceClassification", "ForMultipleChoice",

@@ -113,7 +113,7 @@ def load(path: str | Path, *, architecture: str | None = None, **kwargs: Any) ->
         )
     family = family_of(config)
     name = architecture or (config.architectures or [f"{family.name}Model"])[0]
-    suffix = family.suffix_of(name if name.startswith(("LSG", family.name)) else family.name + name)
+    suffix = family.suffix_of(name)
     if suffix is None:
         raise ValueError(f"architecture={name!r} is not an LSG {family.name} head; heads: {list(family.heads)}")
     return lsg_model_class(family, suffix).from_pretrained(path, **kwargs)

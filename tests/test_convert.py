@@ -235,3 +235,12 @@ def test_prepared_4d_masks_are_refused():
     model = lsg.convert(build("bert"), max_length=100, **SMALL)
     with pytest.raises(ValueError, match="2-D"):
         model(input_ids=torch.randint(5, 99, (1, 30)), attention_mask=torch.ones(1, 1, 30, 30, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [("LSGBertForMaskedLM", "ForMaskedLM"), ("BertForMaskedLM", "ForMaskedLM"), ("ForMaskedLM", "ForMaskedLM"),
+     ("Model", "Model"), ("RobertaForMaskedLM", None), ("BertLMHeadModel", None), ("ForCausalLM", None)],
+)
+def test_head_names_resolve_with_or_without_prefixes(name, suffix):
+    assert FAMILIES["bert"].suffix_of(name) == suffix

@@ -184,17 +184,15 @@ def convert(
 # --- command line ---------------------------------------------------------------------------------------------
 
 def _head_class_for(config: Any, architecture: str | None) -> type[PreTrainedModel]:
+    """The head to load: `architecture` if given, else the source config's first supported one, else the default."""
     family = family_of(config)
-    candidates = [architecture] if architecture else [*(config.architectures or []), family.name + family.default_head]
-    for name in candidates:
-        name = name if name.startswith(family.name) or name.startswith("LSG") else family.name + name
-        suffix = family.suffix_of(name)
-        if suffix is not None:
-            return family.head_class(suffix)
-        if architecture:
+    if architecture:
+        suffix = family.suffix_of(architecture)
+        if suffix is None:
             raise ValueError(f"architecture={architecture!r} is not supported; supported: {supported_architectures()}")
-    return family.head_class(family.default_head)
-
+        return family.head_class(suffix)
+    suffixes = [family.suffix_of(name) for name in config.architectures or []]
+    return family.head_class(next((s for s in suffixes if s is not None), family.default_head))
 
 def _parser() -> argparse.ArgumentParser:
     defaults = LSGSettings()
