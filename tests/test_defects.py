@@ -131,9 +131,6 @@ def test_d9_global_positions_come_from_the_original_period():
 def test_d10_short_tables_give_deterministic_real_positions():
     positions = global_positions(512, 128, 64)
     assert max(positions) < 128 and positions[:4] == [0, 64, 1, 65]
-    first = lsg.convert(bert(), max_length=128, **IDS).base_model.embeddings.global_embeddings.weight
-    second = lsg.convert(bert(), max_length=128, **IDS).base_model.embeddings.global_embeddings.weight
-    assert first.shape == second.shape
 
 
 def test_d10_same_source_converts_identically():
