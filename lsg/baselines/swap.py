@@ -1,0 +1,108 @@
+"""Run a plain (unconverted) BERT/RoBERTa with a Table-1 attention, and extend its positions.
+
+`swap_attention` selects a registered variant through transformers' attention interface (`lsg.hf`): it
+stamps `lsg_layer_index` on the self-attention modules, which is what makes `lsg.hf` hand the calls to
+the variant instead of SDPA, and calls `set_attn_implementation`. The stamps are not saved: a reloaded
+model runs SDPA until swapped again.
+
+A plain model has no global tokens, while the interface passes `num_global_tokens` leading rows
+(default 1) whose padding it does not look at. The variants treat those rows as real tokens, so the first
+token of a plain model must be real: right padding, as BERT/RoBERTa tokenizers do. A forward pre-hook
+raises on left-padded batches instead of silently attending to a padding token.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields, is_dataclass, replace
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from lsg.attention import ATTENTION_VARIANTS
+from lsg.baselines import transfer
+from lsg.families import FAMILIES, family_of
+
+TABLE1_ATTENTIONS: tuple[str, ...] = ("full", "linear", "efficient", "performer", "linformer", "reformer", "local")
+
+
+def attention_name(name: str, **params: Any) -> str:
+    """Registered name of Table-1 attention `name` with `params`, registering the configured variant once.
+
+    Without params, or with only default values, that is `name` itself; otherwise e.g.
+    "performer:num_features=128" (sorted, non-default parameters only).
+
+    Raises:
+        ValueError: unknown attention, or a parameter it does not take, or a bad value.
+    """
+    if name not in TABLE1_ATTENTIONS:
+        raise ValueError(f"attention {name!r} is not a Table-1 attention; use one of {list(TABLE1_ATTENTIONS)}")
+    variant = ATTENTION_VARIANTS.get(name)
+    accepted = [f.name for f in fields(variant)] if is_dataclass(variant) else []
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"attention {name!r} takes no parameter {unknown}; accepted: {accepted or 'none'}")
+    changed = {k: v for k, v in sorted(params.items()) if v != getattr(variant, k)}
+    if not changed:
+        return name
+    configured = replace(variant, **changed)  # validates the values
+    full_name = f"{name}:" + ",".join(f"{k}={v}" for k, v in changed.items())
+    if full_name not in ATTENTION_VARIANTS:
+        ATTENTION_VARIANTS.register(full_name)(configured)
+    return full_name
+
+
+def _first_token_is_real(base: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook on the base model: refuse left padding (the first row is treated as a real token)."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    if mask is not None and mask.dim() == 2 and not mask[:, 0].bool().all():
+        raise ValueError("a Table-1 attention on a plain model needs the first token of every sequence to be real; "
+                         "pad on the right (tokenizer.padding_side='right')")
+
+
+def swap_attention(model: PreTrainedModel, name: str, **params: Any) -> PreTrainedModel:
+    """Make `model` (BERT/RoBERTa family, plain or LSG-converted) use Table-1 attention `name`, in place.
+
+    Args:
+        model: the model; its weights are untouched.
+        name: one of `TABLE1_ATTENTIONS`.
+        **params: the variant's parameters (e.g. `num_features=128` for "performer"), see
+            `lsg.baselines.attentions` and `lsg.baselines.reformer`.
+
+    Returns:
+        `model`, now running `attention_name(name, **params)` (its `config._attn_implementation`).
+    """
+    full_name = attention_name(name, **params)
+    family = family_of(model.config)
+    base = model.base_model
+    for index, layer in enumerate(base.get_submodule(family.layers)):
+        attention = layer.get_submodule(family.self_attention)
+        if getattr(attention, "lsg_layer_index", None) is None:
+            attention.lsg_layer_index = index
+    plain = not hasattr(model.config, "num_global_tokens")
+    if plain and not getattr(base, "lsg_first_token_check", False):
+        base.register_forward_pre_hook(_first_token_is_real, with_kwargs=True)
+        base.lsg_first_token_check = True
+    model.set_attn_implementation(full_name)
+    return model
+
+
+def tile_model_positions(model: PreTrainedModel, max_length: int) -> PreTrainedModel:
+    """A copy of a plain BERT/RoBERTa model reading `max_length` tokens: positions tiled as in LSG.
+
+    This is the "position embeddings duplicated 8 times" of Table 1 (`max_length=4096` on RoBERTa-base).
+    Call it before `swap_attention` (the copy has fresh modules, without the stamps).
+    """
+    family, _ = transfer.check_source_model(model, tuple(sorted({s for f in FAMILIES.values() for s in f.heads})),
+                                            "tile_model_positions", max_length)
+    config = copy.deepcopy(model.config)
+    config.max_position_embeddings = max_length + family.position_offset
+    target = type(model)._from_config(config, dtype=model.dtype)
+    state = dict(model.state_dict())
+    for key in state:
+        if key.endswith("embeddings.position_embeddings.weight"):
+            offset = family.position_offset
+            state[key] = transfer.position_rows(state[key], max_length, offset, offset)
+    transfer.load_exactly(target, state)
+    return transfer.finish(target, model)
