@@ -13,6 +13,7 @@ The classes are generated rather than written out because they differ only by th
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ def _lsg_config_class(family: Family) -> type[PretrainedConfig]:
     defaults: dict[str, Any] = {f.name: f.default for f in fields(LSGSettings)}
     annotations["base_model_prefix"] = "str"
     defaults["base_model_prefix"] = LSG_MARKER
+    if family.is_encoder_decoder:  # keep the G global states in the encoder output (spec §3.6)
+        annotations["pass_global_tokens_to_decoder"] = "bool"
+        defaults["pass_global_tokens_to_decoder"] = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("attn_implementation", "lsg")
@@ -98,22 +102,74 @@ def lsg_model_class(family: Family, suffix: str) -> type[PreTrainedModel]:
     return MODEL_CLASSES[f"LSG{family.name}{suffix}"]
 
 
+# Buffers that older transformers versions saved with the weights; current classes rebuild them.
+_LEGACY_BUFFERS = re.compile(r".*embeddings\.(position_ids|token_type_ids)$")
+
+
+def _is_authors_checkpoint(config: dict[str, Any]) -> bool:
+    """The authors' converter keeps the source model_type and marks the config (spec §1.1, §1.2)."""
+    architectures = config.get("architectures") or []
+    return config.get("base_model_prefix") == LSG_MARKER or any("LSG" in name for name in architectures)
+
+
+def _read_config(path: str | Path) -> tuple[PretrainedConfig, bool]:
+    """(LSG config, whether it comes from the authors' converter) of a checkpoint; ValueError if not LSG.
+
+    The authors' `config.json` keeps the source `model_type` ("roberta", "bart", ...) and an `auto_map` to
+    their remote modeling files; it is read as plain JSON and rebuilt as our `lsg_<type>` config, so no
+    remote code runs.
+    """
+    config_dict, _ = PretrainedConfig.get_config_dict(str(path))
+    model_type = str(config_dict.get("model_type", ""))
+    if model_type.startswith("lsg_"):
+        return AutoConfig.from_pretrained(path), False
+    if not _is_authors_checkpoint(config_dict):
+        raise ValueError(
+            f"{path} holds a {model_type!r} checkpoint, not an LSG one; convert it with lsg.convert first"
+        )
+    family = family_of(PretrainedConfig(model_type=model_type))
+    kept = {k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    return CONFIG_CLASSES[family.model_type](**kept), True
+
+
 def load(path: str | Path, *, architecture: str | None = None, **kwargs: Any) -> PreTrainedModel:
-    """Load a converted LSG checkpoint (a directory or hub id saved by `lsg.convert`).
+    """Load an LSG checkpoint: a directory or hub id saved by `lsg.convert` or by the authors' converter.
+
+    Checkpoints of the authors' converter (source `model_type` + LSG fields + `auto_map`) load into this
+    library's classes without executing their remote code. Their weight names are the spec's layout
+    (`<base>.embeddings.global_embeddings.weight`; `model.encoder.global_embeddings.weight` for
+    encoder-decoders), which ours share; buffers older transformers saved (`position_ids`) are dropped. Any
+    other weight this library does not know, one it needs that the checkpoint lacks, or one of another
+    shape is a ValueError naming them, never a silently re-initialised tensor.
 
     Args:
         path: the saved directory or hub id.
         architecture: head class to build instead of the saved one, e.g. "BertForSequenceClassification".
         **kwargs: passed to `from_pretrained` (dtype, attn_implementation="lsg_reference", num_labels, ...).
     """
-    config = AutoConfig.from_pretrained(path)
-    if not config.model_type.startswith("lsg_"):
-        raise ValueError(
-            f"{path} holds a {config.model_type!r} checkpoint, not an LSG one; convert it with lsg.convert first"
-        )
+    config, from_authors = _read_config(path)
     family = family_of(config)
-    name = architecture or (config.architectures or [f"{family.name}Model"])[0]
-    suffix = family.suffix_of(name)
+    saved = (config.architectures or [f"{family.name}Model"])[0]
+    suffix = family.suffix_of(architecture or saved)
     if suffix is None:
-        raise ValueError(f"architecture={name!r} is not an LSG {family.name} head; heads: {list(family.heads)}")
-    return lsg_model_class(family, suffix).from_pretrained(path, **kwargs)
+        raise ValueError(f"architecture={architecture or saved!r} is not an LSG {family.name} head; "
+                         f"heads: {list(family.heads)}")
+    model_class = lsg_model_class(family, suffix)
+    if not from_authors:
+        return model_class.from_pretrained(path, **kwargs)
+    for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides (num_labels, ...)
+        setattr(config, key, kwargs.pop(key))
+    model, info = model_class.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    # A new head legitimately drops or creates head weights: then only the shared base model is checked.
+    same_head = suffix == family.suffix_of(saved)
+    checked = (lambda key: True) if same_head else (lambda key: key.startswith(f"{model.base_model_prefix}."))
+    problems = {
+        "unknown weights": [k for k in info["unexpected_keys"] if checked(k) and not _LEGACY_BUFFERS.fullmatch(k)],
+        "missing weights": [k for k in info["missing_keys"] if checked(k)],
+        "weights of another shape": [str(k) for k in info["mismatched_keys"]],
+    }
+    problems = {what: keys for what, keys in problems.items() if keys}
+    if problems:
+        raise ValueError(f"{path}: this checkpoint of the authors' converter does not map onto "
+                         f"{model_class.__name__}: {problems}")
+    return model

@@ -58,22 +58,24 @@ def sample_like_embeddings(words: Tensor, count: int, generator: torch.Generator
 
 
 def initial_global_table(
-    *, positions: Tensor, words: Tensor, rows: int, first_token_id: int, mask_token_id: int, stride: int,
+    *, positions: Tensor | None, words: Tensor, rows: int, first_token_id: int, mask_token_id: int, stride: int,
     token_type_row: Tensor | None = None, random_init: bool = False, seed: int = 123,
 ) -> Tensor:
     """Global-embedding table (rows, d) as the authors' converter builds it (spec §2.3).
 
     Row g = P[pos(g)] + W[first_token_id if g == 0 else mask_token_id] (+ token_type_row), where P are
-    the usable original position rows. With `random_init`, rows >= 1 use a random "word" vector drawn
+    the usable original position rows (no position term when `positions` is None: rotary models). With
+    `random_init`, rows >= 1 use a random "word" vector drawn
     from the word embeddings' distribution (seeded by `seed`, D8) instead of the mask embedding.
     """
-    picked = positions[global_positions(rows, positions.shape[0], stride)]
     if random_init:
         word_part = sample_like_embeddings(words, rows, torch.Generator().manual_seed(seed))
     else:
         word_part = words[mask_token_id].expand(rows, -1).clone()
     word_part[0] = words[first_token_id]
-    table = picked + word_part
+    table = word_part
+    if positions is not None:
+        table = table + positions[global_positions(rows, positions.shape[0], stride)]
     if token_type_row is not None:
         table = table + token_type_row
     return table

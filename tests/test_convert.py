@@ -1,45 +1,28 @@
-"""Conversion of tiny BERT/RoBERTa models: every head, transfer rules (I9, I10), equivalence, save/load."""
+"""Conversion of tiny models of every family: every head, transfer rules (I9, I10), equivalence, save/load."""
 
 import pytest
 import torch
 import transformers
-from conftest import tiny_config_kwargs
-from transformers import BertConfig, RobertaConfig
+from conftest import main_output, tiny_config_kwargs, tiny_inputs, tiny_model
+from transformers import BertConfig
 
 import lsg
 from lsg.families import FAMILIES
 from lsg.positions import global_positions
 
-FAMILY_CONFIGS = {
-    "bert": lambda: BertConfig(**tiny_config_kwargs()),
-    "roberta": lambda: RobertaConfig(**tiny_config_kwargs(max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
-                                                          eos_token_id=2, type_vocab_size=1)),
-}
 HEADS = [(family, suffix) for family in FAMILIES for suffix in FAMILIES[family].heads]
+LEARNED_POSITIONS = [name for name, family in FAMILIES.items()
+                     if family.position_tables and not family.sinusoidal_positions]
+ENCODERS = [name for name, family in FAMILIES.items() if not family.is_encoder_decoder]
 SMALL = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, bos_token_id=0, mask_token_id=4)
 
 
 def build(family: str, suffix: str = "ForMaskedLM", **config_overrides):
-    config = FAMILY_CONFIGS[family]()
-    for key, value in config_overrides.items():
-        setattr(config, key, value)
-    return getattr(transformers, FAMILIES[family].name + suffix)(config).eval()
+    return tiny_model(family, suffix if suffix in FAMILIES[family].heads else None, **config_overrides)
 
 
-def inputs_for(suffix: str, length: int, batch: int = 2, pad: int = 3):
-    ids = torch.randint(5, 99, (batch, length))
-    mask = torch.ones_like(ids)
-    mask[-1, length - pad:] = 0
-    if suffix == "ForMultipleChoice":
-        return {"input_ids": ids[:, None].repeat(1, 2, 1), "attention_mask": mask[:, None].repeat(1, 2, 1)}
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def main_output(output):
-    for name in ("logits", "prediction_logits", "start_logits", "last_hidden_state"):
-        if getattr(output, name, None) is not None:
-            return getattr(output, name)
-    raise AssertionError(f"no output in {type(output)}")
+def inputs_for(suffix: str, length: int, batch: int = 2, pad: int = 3, family: str = "bert"):
+    return tiny_inputs(family, suffix, length, batch, pad)
 
 
 @pytest.mark.parametrize(("family", "suffix"), HEADS)
@@ -48,46 +31,59 @@ def test_every_head_converts_and_keeps_output_shapes(family, suffix):
     converted = lsg.convert(model, max_length=200, **SMALL)
     assert type(converted).__name__ == f"LSG{type(model).__name__}"
     assert isinstance(converted, type(model))
-    inputs = inputs_for(suffix, 150)
+    inputs = inputs_for(suffix, 150, family=family)
     with torch.no_grad():
         out = main_output(converted(**inputs))
-        short = main_output(model(**inputs_for(suffix, 40)))
+        short = main_output(model(**inputs_for(suffix, 40, family=family)))
     assert out.shape[0] == short.shape[0] and out.shape[2:] == short.shape[2:]
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_position_table_is_tiled(family):
-    """I9: the table has L + offset rows and new[off + k] == W[off + k mod n] (defect D1 fixed)."""
+@pytest.mark.parametrize("family", LEARNED_POSITIONS)
+def test_position_tables_are_tiled(family):
+    """I9: each table has L + offset rows and new[off + k] == W[off + k mod n] (defect D1 fixed).
+
+    BART-like models tile the encoder and the decoder tables; the saved max_position_embeddings is L + 2 for
+    the RoBERTa family (its config counts the offset rows) and L for BART (its embedding class adds them).
+    """
     model = build(family)
-    offset = FAMILIES[family].position_offset
+    spec = FAMILIES[family]
+    offset = spec.position_offset
     for length in (64, 65, 130, 1000):
         converted = lsg.convert(model, max_length=length, **SMALL)
-        old = model.base_model.embeddings.position_embeddings.weight
-        new = converted.base_model.embeddings.position_embeddings.weight
-        assert new.shape[0] == length + offset == converted.config.max_position_embeddings
-        usable = old.shape[0] - offset
-        index = torch.arange(length) % usable + offset
-        assert torch.equal(new[:offset], old[:offset]) and torch.equal(new[offset:], old[index])
+        assert converted.config.max_position_embeddings == length + spec.saved_position_offset
+        for path in spec.position_tables:
+            old = model.base_model.get_submodule(path).weight
+            new = converted.base_model.get_submodule(path).weight
+            assert new.shape[0] == length + offset
+            index = torch.arange(length) % (old.shape[0] - offset) + offset
+            assert torch.equal(new[:offset], old[:offset]) and torch.equal(new[offset:], old[index])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_global_rows_follow_the_reference_formula(family):
-    """I10: row g = P[pos(g)] + W[bos if g == 0 else mask] (+ token-type row 0 for BERT only, D14)."""
+    """I10: row g = P[pos(g)] + s * W[bos if g == 0 else mask] (+ token-type row 0 for the BERT family, D14).
+
+    s is the model's own word-embedding scale (sqrt(d_model) for mBART/Pegasus: D13); rotary ModernBERT has
+    no position term; the table sits at the authors' weight name (embeddings, or the encoder for seq2seq).
+    """
     model = build(family)
+    spec = FAMILIES[family]
     converted = lsg.convert(model, max_length=128, **SMALL)
-    emb = model.base_model.embeddings
-    offset = FAMILIES[family].position_offset
-    positions = emb.position_embeddings.weight[offset:]
-    table = converted.base_model.embeddings.global_embeddings.weight
-    assert table.shape == (512, 32)
-    pos = global_positions(512, positions.shape[0], 64)
-    # tiny table (64 rows < 512): stride 64 gives one group, wrapped modulo 64 -> 0, 1, 2, ... (D10)
-    assert pos[:4] == [0, 1, 2, 3] and max(pos) < 64
-    expected = positions[pos] + emb.word_embeddings.weight[4]
-    expected[0] = positions[0] + emb.word_embeddings.weight[0]
-    if family == "bert":
-        expected = expected + emb.token_type_embeddings.weight[0]
+    base = model.base_model
+    words = base.get_submodule(spec.word_embeddings).weight * spec.word_scale(model.config)
+    table = converted.base_model.get_submodule(spec.global_table_owner).global_embeddings.weight
+    assert table.shape == (512, words.shape[1])
+    expected = words[4].expand(512, -1).clone()
+    expected[0] = words[0]
+    if spec.position_tables:
+        positions = base.get_submodule(spec.position_tables[0]).weight[spec.position_offset:]
+        pos = global_positions(512, positions.shape[0], 64)
+        # tiny table (64 rows < 512): stride 64 gives one group, wrapped modulo 64 -> 0, 1, 2, ... (D10)
+        assert pos[:4] == [0, 1, 2, 3] and max(pos) < 64
+        expected = expected + positions[pos]
+    if spec.token_type_in_globals:
+        expected = expected + base.embeddings.token_type_embeddings.weight[0]
     torch.testing.assert_close(table, expected, atol=0, rtol=0)
 
 
@@ -97,16 +93,23 @@ def test_global_positions_of_full_size_tables_match_the_authors():
     assert global_positions(18, 1024, 64)[15:] == [960, 2, 66]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("sparsity_type", ["none", "stride", "norm", "lsh", "bos_pooling"])
+# The kernel is the same for every family (test_attention covers every type); what differs per family is
+# the wiring around it, so each family runs two selector types, rotating so that every type is used.
+_TYPES = ["none", "stride", "norm", "lsh", "bos_pooling", "pooling", "block_stride"]
+REFERENCE_CASES = [(family, _TYPES[(i + k) % len(_TYPES)]) for i, family in enumerate(FAMILIES) for k in (0, 3)]
+
+
+@pytest.mark.parametrize(("family", "sparsity_type"), REFERENCE_CASES)
 def test_model_matches_dense_reference_variant(family, sparsity_type):
     """The whole model under "lsg" equals the same weights under the dense "lsg_reference" variant."""
-    model = lsg.convert(build(family), max_length=300, num_global_tokens=3, sparsity_type=sparsity_type, **SMALL)
-    inputs = inputs_for("ForMaskedLM", 203, pad=50)
+    head = FAMILIES[family].default_head
+    model = lsg.convert(build(family, head), max_length=300, num_global_tokens=3, sparsity_type=sparsity_type,
+                        **SMALL)
+    inputs = inputs_for(head, 203, pad=50, family=family)
     with torch.no_grad():
-        fast = model(**inputs).logits
+        fast = main_output(model(**inputs))
         model.set_attn_implementation("lsg_reference")
-        reference = model(**inputs).logits
+        reference = main_output(model(**inputs))
     torch.testing.assert_close(fast, reference, atol=2e-5, rtol=0)
 
 
@@ -115,7 +118,7 @@ def test_save_and_reload_round_trip(family, suffix, tmp_path):
     converted = lsg.convert(build(family, suffix), max_length=128, sparsity_type="pooling", num_global_tokens=2,
                             **SMALL)
     converted.save_pretrained(tmp_path)
-    inputs = inputs_for(suffix, 90)
+    inputs = inputs_for(suffix, 90, family=family)
     auto = getattr(transformers, lsg.families.AUTO_CLASS_OF_SUFFIX[suffix]).from_pretrained(tmp_path).eval()
     loaded = lsg.load(tmp_path).eval()
     assert type(loaded) is type(converted) is type(auto)

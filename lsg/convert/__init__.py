@@ -14,6 +14,7 @@ round-trips. Every source weight is copied unchanged; the result has the same he
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import tempfile
@@ -86,7 +87,12 @@ def check_source(config: PretrainedConfig, max_length: int, global_positional_st
         raise ValueError(f"model is already an LSG model ({config.model_type}); convert its source instead")
     if getattr(config, "is_decoder", False):
         raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
-    original_length = config.max_position_embeddings - family.position_offset
+    if family.globals_before_point and getattr(config, "encoder_layerdrop", 0.0) > 0:
+        raise ValueError(
+            f"encoder_layerdrop={config.encoder_layerdrop} would skip the layer that adds the global tokens; "
+            "set it to 0.0 (accepted: 0.0)"
+        )
+    original_length = family.original_length(config)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
         raise ValueError(
             f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
@@ -117,6 +123,7 @@ def convert(
     random_global_init: bool = False,
     global_positional_stride: int = 64,
     use_token_ids: bool = True,
+    pass_global_tokens_to_decoder: bool = True,
     seed: int = 123,
 ) -> PreTrainedModel:
     """Return an LSG copy of `model` (same head class family, same weights, longer positions).
@@ -132,6 +139,8 @@ def convert(
         random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
         global_positional_stride: stride used to pick the position row of each global token.
         use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
+        pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
+            cross-attention sees them (spec §3.6); ignored by encoder-only families.
         seed: seeds every random draw of the conversion (`random_global_init`).
 
     Returns:
@@ -151,29 +160,38 @@ def convert(
     first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
 
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
-    config_dict.update(settings.to_dict(), max_position_embeddings=max_length + offset,
+    config_dict.update(settings.to_dict(), max_position_embeddings=max_length + family.saved_position_offset,
                        architectures=[f"LSG{type(model).__name__}"])
+    if family.is_encoder_decoder:
+        config_dict["pass_global_tokens_to_decoder"] = pass_global_tokens_to_decoder
     config = CONFIG_CLASSES[family.model_type](**config_dict)
     converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
 
     prefix = "" if suffix == "Model" else f"{model.base_model_prefix}."
-    embeddings = model.base_model.get_submodule(family.embeddings)
+    source = model.base_model
     state = dict(model.state_dict())
-    positions = embeddings.position_embeddings.weight.detach()
-    state[f"{prefix}{family.embeddings}.position_embeddings.weight"] = tile_positions(positions, max_length, offset)
+    for path in family.position_tables:
+        key = f"{prefix}{path}.weight"
+        state[key] = (converted.state_dict()[key] if family.sinusoidal_positions  # a function of L: rebuilt
+                      else tile_positions(source.get_submodule(path).weight.detach(), max_length, offset))
+    positions = (source.get_submodule(family.position_tables[0]).weight.detach()[offset:]
+                 if family.position_tables else None)  # rotary: globals get no position term
     type_row = (
-        embeddings.token_type_embeddings.weight.detach()[0]
+        source.embeddings.token_type_embeddings.weight.detach()[0]
         if family.token_type_in_globals and use_token_ids else None
     )
-    state[f"{prefix}{family.embeddings}.global_embeddings.weight"] = initial_global_table(
-        positions=positions[offset:], words=embeddings.word_embeddings.weight.detach(), rows=MAX_GLOBAL_TOKENS,
-        first_token_id=first_id, mask_token_id=mask_id, stride=global_positional_stride,
-        token_type_row=type_row, random_init=random_global_init, seed=seed,
+    # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
+    words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
+    state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
+        positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id, mask_token_id=mask_id,
+        stride=global_positional_stride, token_type_row=type_row, random_init=random_global_init, seed=seed,
     )
     result = converted.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"weight transfer incomplete: missing {result.missing_keys}, "
                            f"unexpected {result.unexpected_keys}")
+    if converted.can_generate():  # keep the source's beams, length penalty, ...
+        converted.generation_config = copy.deepcopy(model.generation_config)
     converted.to(model.device)
     converted.train(model.training)
     if tokenizer is not None:
