@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput
 
 from lsg.attention import ATTENTION_VARIANTS
 from lsg.families import Family, family_of
-from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
+from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 
 logger = logging.getLogger(__name__)
 _warn_once = functools.cache(logger.warning)  # once per message, not once per layer and step
@@ -90,7 +90,9 @@ def _interface_for(variant_name: str):
         if kwargs.get("output_attentions"):
             _warn_once("LSG attention does not return attention weights; `attentions` will be empty")
         settings = LSGSettings.from_object(module.config)
-        tokens = key.shape[-2] - settings.num_global_tokens
+        # A plain model running a registered variant (lsg.baselines.swap_attention) has no global rows.
+        is_lsg = getattr(module.config, "base_model_prefix", None) == LSG_MARKER
+        tokens = key.shape[-2] - (settings.num_global_tokens if is_lsg else 0)
         valid = _token_validity(attention_mask, key.shape[0], tokens, key.device)
         output = variant(
             query, key, value, valid, settings,

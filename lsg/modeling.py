@@ -25,9 +25,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 import lsg.reference  # noqa: F401  (registers the "lsg_reference" variant before the interfaces are built)
 from lsg.families import AUTO_CLASS_OF_SUFFIX, FAMILIES, Family, family_of
 from lsg.hf import install_lsg, register_attention_variants
-from lsg.settings import LSGSettings
-
-LSG_MARKER = "lsg"  # `base_model_prefix` value the authors' converter stores to mark LSG checkpoints
+from lsg.settings import LSG_MARKER, LSGSettings
 
 
 def _lsg_config_class(family: Family) -> type[PretrainedConfig]:

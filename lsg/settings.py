@@ -12,6 +12,7 @@ from typing import Any
 
 SPARSITY_TYPES: tuple[str, ...] = ("none", "stride", "block_stride", "pooling", "norm", "lsh", "bos_pooling")
 MAX_GLOBAL_TOKENS = 512  # rows of the global-embedding table (spec §2.3)
+LSG_MARKER = "lsg"  # config `base_model_prefix` the authors' converter stores to mark LSG checkpoints
 
 
 def normalize_sparsity_type(value: str | None) -> str:

@@ -187,6 +187,8 @@ def test_list_prints_the_supported_architectures(capsys: pytest.CaptureFixture[s
     printed = capsys.readouterr().out
     assert all(name in printed for name in lsg.supported_architectures())
     assert "BertForPreTraining" in printed and "RobertaForSequenceClassification" in printed
+    assert "bart: encoder-decoder (LSG encoder), positions learned, tiled (offset 2)" in printed
+    assert "    BartForConditionalGeneration, " in printed  # the default head comes first
 
 
 def test_existing_output_needs_overwrite(sources: dict[str, Source], tmp_path: Path,

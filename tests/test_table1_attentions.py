@@ -256,13 +256,17 @@ def test_every_variant_runs_in_a_model_and_ignores_padding(name):
     torch.testing.assert_close(in_batch[:, :40], alone, atol=2e-5, rtol=0)
 
 
-def test_left_padding_is_refused_on_a_plain_model():
-    model = baselines.swap_attention(tiny(), "linear")
-    ids = torch.randint(5, 99, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    with pytest.raises(ValueError, match="pad on the right"):
-        model(input_ids=ids, attention_mask=mask)
+@pytest.mark.parametrize("name", ["full", "linear", "performer"])
+def test_left_padding_works_on_a_plain_model(name):
+    """A plain model has no global rows: every row, the first included, takes its validity from the mask."""
+    model = baselines.swap_attention(tiny(), name)
+    ids = torch.randint(5, 99, (1, 10))
+    padded = torch.cat([torch.full((1, 3), 1), ids], dim=1)  # RoBERTa's pad id: positions skip it
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 10)], dim=1).long()
+    with torch.no_grad():
+        alone = model(input_ids=ids).logits
+        left = model(input_ids=padded, attention_mask=mask).logits
+    torch.testing.assert_close(left[:, 3:], alone, atol=2e-5, rtol=0)
 
 
 def test_parameters_make_a_named_variant_once():

@@ -5,10 +5,8 @@ stamps `lsg_layer_index` on the self-attention modules, which is what makes `lsg
 the variant instead of SDPA, and calls `set_attn_implementation`. The stamps are not saved: a reloaded
 model runs SDPA until swapped again.
 
-A plain model has no global tokens, while the interface passes `num_global_tokens` leading rows
-(default 1) whose padding it does not look at. The variants treat those rows as real tokens, so the first
-token of a plain model must be real: right padding, as BERT/RoBERTa tokenizers do. A forward pre-hook
-raises on left-padded batches instead of silently attending to a padding token.
+A plain model has no global tokens: `lsg.hf` hands the variant every row as a token, with the padding
+mask covering all of them, so left and right padding both work.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import copy
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
-from torch import nn
 from transformers import PreTrainedModel
 
 from lsg.attention import ATTENTION_VARIANTS
@@ -53,14 +50,6 @@ def attention_name(name: str, **params: Any) -> str:
     return full_name
 
 
-def _first_token_is_real(base: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Forward pre-hook on the base model: refuse left padding (the first row is treated as a real token)."""
-    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-    if mask is not None and mask.dim() == 2 and not mask[:, 0].bool().all():
-        raise ValueError("a Table-1 attention on a plain model needs the first token of every sequence to be real; "
-                         "pad on the right (tokenizer.padding_side='right')")
-
-
 def swap_attention(model: PreTrainedModel, name: str, **params: Any) -> PreTrainedModel:
     """Make `model` (BERT/RoBERTa family, plain or LSG-converted) use Table-1 attention `name`, in place.
 
@@ -76,14 +65,9 @@ def swap_attention(model: PreTrainedModel, name: str, **params: Any) -> PreTrain
     full_name = attention_name(name, **params)
     family = family_of(model.config)
     base = model.base_model
-    for index, layer in enumerate(base.get_submodule(family.layers)):
-        attention = layer.get_submodule(family.self_attention)
+    for index, attention in enumerate(family.attention_modules(base)):
         if getattr(attention, "lsg_layer_index", None) is None:
             attention.lsg_layer_index = index
-    plain = not hasattr(model.config, "num_global_tokens")
-    if plain and not getattr(base, "lsg_first_token_check", False):
-        base.register_forward_pre_hook(_first_token_is_real, with_kwargs=True)
-        base.lsg_first_token_check = True
     model.set_attn_implementation(full_name)
     return model
 
@@ -97,7 +81,7 @@ def tile_model_positions(model: PreTrainedModel, max_length: int) -> PreTrainedM
     family, _ = transfer.check_source_model(model, tuple(sorted({s for f in FAMILIES.values() for s in f.heads})),
                                             "tile_model_positions", max_length)
     config = copy.deepcopy(model.config)
-    config.max_position_embeddings = max_length + family.position_offset
+    config.max_position_embeddings = max_length + family.saved_position_offset
     target = type(model)._from_config(config, dtype=model.dtype)
     state = dict(model.state_dict())
     for key in state:

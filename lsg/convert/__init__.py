@@ -241,20 +241,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--random-global-init", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--global-positional-stride", type=int, default=64)
     p.add_argument("--use-token-ids", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--pass-global-tokens-to-decoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="encoder-decoders: keep the global states in the encoder output (default: keep)")
     p.add_argument("--seed", type=int, default=123)
     return p
 
 
 def _print_architectures() -> None:
+    """One block per family: its model_type, the position rule, and its head classes (default first)."""
     for family in FAMILIES.values():
-        heads = ", ".join(family.name + suffix for suffix in family.heads)
-        print(f"{family.model_type:<10} {heads}")
+        positions = ("rotary (no tiling)" if not family.position_tables
+                     else "sinusoidal (rebuilt)" if family.sinusoidal_positions
+                     else f"learned, tiled (offset {family.position_offset})")
+        kind = "encoder-decoder (LSG encoder)" if family.is_encoder_decoder else "encoder"
+        heads = sorted(family.heads, key=lambda suffix: suffix != family.default_head)
+        print(f"{family.model_type}: {kind}, positions {positions}")
+        print("    " + ", ".join(family.name + suffix for suffix in heads))
 
 
 def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The `convert` keyword arguments given on the command line."""
     names = (*LSGSettings.field_names(), "max_length", "random_global_init", "global_positional_stride",
-             "use_token_ids", "seed")
+             "use_token_ids", "pass_global_tokens_to_decoder", "seed")
     return {name: getattr(args, name) for name in names}
 
 
