@@ -41,8 +41,8 @@ def test_d2_lengths_near_a_non_multiple_max_length_run(family):
     The authors' BART padded the ids before looking positions up and failed on both.
     """
     head = "ForConditionalGeneration" if family == "bart" else "ForMaskedLM"
-    model = lsg.convert(tiny_model(family, head), max_length=1000, block_size=64, sparse_block_size=64, sparsity_factor=4,
-                        **IDS)
+    model = lsg.convert(tiny_model(family, head), max_length=1000, block_size=64, sparse_block_size=64,
+                        sparsity_factor=4, **IDS)
     for length in (990, 1000):
         ids = torch.randint(5, 99, (1, length))
         with torch.no_grad():
