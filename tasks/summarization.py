@@ -1,0 +1,84 @@
+"""Sequence-to-sequence summarization: ROUGE-1/2/L/Lsum (paper §4.3, Tables 4-7; offline: aclsum, bbc_headline).
+
+Sources are truncated to the input length, targets to task.generation.max_target_length. Evaluation
+generates with the paper's decoding (beam 5, length penalty 2.0) and scores with tasks/metrics.py. Both
+RL conventions are reported because the paper's RL column is ROUGE-Lsum on PubMed/arXiv and sentence-level
+ROUGE-L on Multi-News.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers import (
+    DataCollatorForSeq2Seq,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainer,
+)
+
+from tasks.config import TaskConfig
+from tasks.metrics import main_output, rouge_scores
+from tasks.registry import TASK_FAMILIES
+
+
+class Seq2Seq:
+    """Encoder-decoder models: (LSG-)BART or the offline bert2bert warm start (tasks/models.py)."""
+
+    head = "seq2seq"
+    trainer_class = Seq2SeqTrainer
+
+    def head_kwargs(self, splits: datasets.DatasetDict, task: TaskConfig) -> dict[str, Any]:
+        if not task.data.target_field:
+            raise ValueError(f"task={task.name} is seq2seq: set task.data.target_field (the summary column)")
+        return {}
+
+    def encode(self, splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, task: TaskConfig,
+               max_length: int) -> datasets.DatasetDict:
+        source, target = task.data.text_field, task.data.target_field
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            encoded = tokenizer(batch[source], truncation=True, max_length=max_length)
+            encoded["labels"] = tokenizer(text_target=batch[target], truncation=True,
+                                          max_length=task.generation.max_target_length)["input_ids"]
+            return encoded
+
+        return datasets.DatasetDict({
+            split: rows.map(tokenize, batched=True, remove_columns=rows.column_names, desc=f"tokenize {split}")
+            for split, rows in splits.items()
+        })
+
+    def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
+        generation = model.generation_config
+        generation.num_beams = task.generation.num_beams
+        generation.length_penalty = task.generation.length_penalty
+        generation.max_new_tokens = task.generation.max_target_length
+        generation.max_length = None  # max_new_tokens rules; a stale max_length would cut beams early
+        generation.min_length = task.generation.min_length
+        generation.early_stopping = True
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, task: TaskConfig, model: PreTrainedModel) -> Callable:
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+
+    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
+        def compute(prediction: EvalPrediction) -> dict[str, float]:
+            generated = main_output(prediction.predictions)
+            generated = np.where(generated < 0, tokenizer.pad_token_id, generated)
+            labels = np.where(np.asarray(prediction.label_ids) < 0, tokenizer.pad_token_id, prediction.label_ids)
+            predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+            scores = rouge_scores(predictions, references)
+            scores["generated_tokens"] = float(np.mean([(row != tokenizer.pad_token_id).sum() for row in generated]))
+            return scores
+
+        return compute
+
+    def preprocess_logits(self) -> Callable | None:
+        return None
+
+
+TASK_FAMILIES.register("seq2seq")(Seq2Seq())

@@ -1,0 +1,242 @@
+"""One run, end to end: data -> model -> HF Trainer (on Accelerate) -> metrics.json in the run dir.
+
+Run dir layout (`runs/<experiment or task>/<run name>/`):
+    config.yaml        resolved config (Hydra keeps the unresolved one in .hydra/)
+    metrics.json       the result record (tasks/report.py), written atomically, rank 0 only
+    train_log.jsonl    one line per logging step: step, epoch, loss, learning_rate, ms/step
+    checkpoints/       HF Trainer checkpoints; a killed run resumes from the last one
+    final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint
+    wandb/             W&B files (offline runs sync later with `wandb sync`)
+
+A run whose metrics.json exists is skipped unless `force`. Under `accelerate launch` every process
+runs this function; the Trainer shards the batches, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from accelerate import PartialState
+from omegaconf import OmegaConf
+from transformers import Seq2SeqTrainingArguments, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from tasks.config import RunConfig
+from tasks.data import load_splits
+from tasks.metrics import HIGHER_IS_BETTER
+from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
+from tasks.registry import load_family
+from tasks.report import check_record, write_json_atomic
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class JsonlLog(TrainerCallback):
+    """Appends every Trainer log entry to train_log.jsonl, with ms per optimizer step (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last: tuple[float, int] | None = None
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if self.last is not None and state.global_step > self.last[1]:
+            entry["ms_per_step"] = 1000 * (now - self.last[0]) / (state.global_step - self.last[1])
+        self.last = (now, state.global_step)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def git_revision() -> str | None:
+    """The checked-out commit, read from .git without running git (None outside a checkout)."""
+    head = REPO / ".git" / "HEAD"
+    if not head.exists():
+        return None
+    ref = head.read_text().strip()
+    if not ref.startswith("ref: "):
+        return ref
+    loose = REPO / ".git" / ref[5:]
+    if loose.exists():
+        return loose.read_text().strip()
+    packed = REPO / ".git" / "packed-refs"
+    for line in packed.read_text().splitlines() if packed.exists() else []:
+        if line.endswith(ref[5:]):
+            return line.split()[0]
+    return None
+
+
+def input_length(cfg: RunConfig) -> int:
+    """Tokens the model reads: the task's max_length capped by the model's (512 for the full baselines)."""
+    return min(cfg.task.max_length, cfg.model.max_length)
+
+
+def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
+    """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off."""
+    mode = cfg.logger.resolved_mode()
+    if cfg.logger.name == "none" or mode == "disabled":
+        return False
+    if not PartialState().is_main_process:
+        return True  # the Trainer's W&B callback only logs from the main process
+    import wandb
+
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=cfg.logger.tags,
+               name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
+               id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16])
+    return True
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, report_to: str) -> TrainingArguments:
+    """HF TrainingArguments; gradient accumulation = task.batch_size / (per-device batch x processes)."""
+    processes = PartialState().num_processes
+    per_step = cfg.trainer.per_device_batch_size * processes
+    if cfg.task.batch_size % per_step:
+        raise ValueError(f"task.batch_size={cfg.task.batch_size} is not a multiple of per-device batch "
+                         f"{cfg.trainer.per_device_batch_size} x {processes} processes; change "
+                         "trainer.per_device_batch_size or the number of processes")
+    arguments = Seq2SeqTrainingArguments if cfg.task.family == "seq2seq" else TrainingArguments
+    extra = {"predict_with_generate": True} if cfg.task.family == "seq2seq" else {}
+    trainer = cfg.trainer
+    return arguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=trainer.per_device_batch_size,
+        per_device_eval_batch_size=trainer.eval_batch_size or trainer.per_device_batch_size,
+        gradient_accumulation_steps=cfg.task.batch_size // per_step,
+        num_train_epochs=cfg.task.epochs,
+        max_steps=trainer.max_steps,
+        learning_rate=cfg.task.learning_rate,
+        lr_scheduler_type="linear",  # paper §4: linear decay
+        warmup_steps=cfg.task.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.task.weight_decay,
+        bf16=trainer.precision == "bf16",
+        fp16=trainer.precision == "fp16",
+        use_cpu=trainer.device == "cpu",
+        gradient_checkpointing=trainer.gradient_checkpointing,
+        logging_steps=trainer.logging_steps,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=trainer.save_steps,
+        save_total_limit=trainer.save_total_limit,
+        seed=trainer.seed,
+        data_seed=trainer.seed,
+        report_to=report_to,
+        run_name=cfg.run_name,
+        dataloader_num_workers=trainer.dataloader_workers,
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def optimizer_for(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer | None:
+    """AdamW with task.head_learning_rate on the head and global tokens; None = the Trainer's default."""
+    if cfg.task.head_learning_rate is None:
+        return None
+    groups: dict[bool, list[torch.nn.Parameter]] = {True: [], False: []}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups[is_head_parameter(model, name) or "global_embeddings" in name].append(parameter)
+    return torch.optim.AdamW(
+        [{"params": groups[False]}, {"params": groups[True], "lr": cfg.task.head_learning_rate}],
+        lr=cfg.task.learning_rate, weight_decay=cfg.task.weight_decay,
+    )
+
+
+def _tokens(dataset: Any) -> int:
+    return sum(len(ids) for ids in dataset["input_ids"])
+
+
+def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
+    run_dir = Path(cfg.run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists() and not force:
+        log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
+        return json.loads(metrics_path.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
+    # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
+    state = PartialState(cpu=cfg.trainer.device == "cpu")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    transformers.set_seed(cfg.trainer.seed)
+    length = input_length(cfg)
+    family = load_family(cfg.task.family)
+
+    with state.main_process_first():  # builders and tokenization once, not concurrently
+        splits = load_splits(cfg.task.data)
+        tokenizer = load_tokenizer(cfg.model, length)
+        encoded = family.encode(splits, tokenizer, cfg.task, length)
+    model = build_model(cfg.model, family.head, tokenizer, **family.head_kwargs(splits, cfg.task))
+    family.prepare_model(model, tokenizer, cfg.task)
+    counts = apply_tuning(model, cfg.trainer)
+    if state.is_main_process:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+
+    report_to = "wandb" if start_wandb(cfg, run_dir) else "none"
+    trainer = family.trainer_class(
+        model=model,
+        args=training_arguments(cfg, run_dir, report_to),
+        train_dataset=encoded["train"],
+        data_collator=family.collator(tokenizer, cfg.task, model),
+        processing_class=tokenizer,
+        compute_metrics=family.compute_metrics(cfg.task, tokenizer),
+        preprocess_logits_for_metrics=family.preprocess_logits(),
+        callbacks=[JsonlLog(run_dir / "train_log.jsonl"), *callbacks],
+        optimizers=(optimizer_for(model, cfg), None),  # the scheduler (linear decay) is the Trainer's
+    )
+    train_seconds = 0.0
+    if cfg.trainer.do_train:
+        checkpoints = run_dir / "checkpoints"
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last:
+            log.info("resuming from %s", last)
+        tick = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last)
+        train_seconds = time.perf_counter() - tick
+        if cfg.trainer.save_final:
+            trainer.save_model(str(run_dir / "final"))  # model + tokenizer: a model.checkpoint for later runs
+    split = cfg.trainer.eval_split
+    tick = time.perf_counter()
+    scores = trainer.evaluate(encoded[split], metric_key_prefix=split)
+    eval_seconds = time.perf_counter() - tick
+    metrics = {key.removeprefix(f"{split}_"): value for key, value in scores.items()
+               if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second"))}
+    epochs = trainer.state.epoch or 0.0
+    record = check_record({
+        "experiment": cfg.experiment_name, "task": cfg.task.name, "model": cfg.model.name,
+        "attention": cfg.model.attention, "checkpoint": cfg.model.checkpoint, "max_length": length,
+        "seed": cfg.trainer.seed, "split": split, "metrics": metrics,
+        "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in metrics if k in HIGHER_IS_BETTER},
+        "n_samples": len(encoded[split]), "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "train_tokens_per_second": _tokens(encoded["train"]) * epochs / train_seconds if train_seconds else 0.0,
+        "eval_tokens_per_second": _tokens(encoded[split]) / eval_seconds,
+        **counts, "git": git_revision(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if cfg.trainer.device == "cuda" else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "processes": state.num_processes},
+        "run_dir": str(run_dir),
+    })
+    if state.is_main_process:
+        write_json_atomic(record, metrics_path)
+        if report_to == "wandb":
+            import wandb
+
+            wandb.run.summary.update({f"{split}/{k}": v for k, v in metrics.items()})
+            wandb.finish()
+    state.wait_for_everyone()
+    return record

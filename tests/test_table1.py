@@ -1,0 +1,78 @@
+"""Table 1 sweep (tasks/table1.py) and the smoke-scale pretraining (tasks/pretrain.py), on tiny settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks import table1
+from tasks.pretrain import PretrainConfig, byte_bpe_tokenizer, pretrain
+
+TINY = PretrainConfig(length=32, hidden_size=32, layers=2, heads=2, intermediate_size=64, steps=3, batch_size=4,
+                      warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrain(tmp_path_factory.mktemp("table1") / "model", TINY)
+
+
+def test_tokenizer_has_roberta_special_ids_over_gpt2_merges():
+    tokenizer = byte_bpe_tokenizer()
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.mask_token_id == len(tokenizer) - 1 == 50261
+    ids = tokenizer("a <mask> b")["input_ids"]
+    assert ids[2] == tokenizer.mask_token_id and len(ids) == 5  # no stray space token before <mask>
+
+
+def test_pretraining_learns_and_is_reused(pretrained: Path):
+    summary = json.loads((pretrained / "pretrain.json").read_text())
+    assert len(summary["losses"]) == TINY.steps and all(loss > 0 for loss in summary["losses"])
+    stamp = (pretrained / "model.safetensors").stat().st_mtime_ns
+    assert pretrain(pretrained, TINY) == pretrained
+    assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="pretrained with"):
+        pretrain(pretrained, PretrainConfig(length=32, steps=5))
+
+
+def test_rows_follow_the_paper_and_scale_their_sizes():
+    rows = table1.rows_for(512)
+    assert [row.paper_label for row in rows if row.paper_label] == list(table1.paper_numbers())
+    assert all(row.label == row.paper_label for row in rows if row.paper_label)  # paper scale: same labels
+    smoke = {row.paper_label: row.label for row in table1.rows_for(128)}
+    assert smoke["Longformer (512)"] == "Longformer (128)" and smoke["LSG-Norm (128/2)"] == "LSG-Norm (32/2)"
+
+
+def test_sweep_writes_records_resumes_and_reports(pretrained: Path, tmp_path: Path):
+    scale = table1.Scale("smoke", lengths=(32, 64), eval_tokens=500, batch_size=4, corpus="wiki")
+    chosen = ["roberta_full", "lsg_norm_8_2", "longformer_32"]
+    records = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
+    assert len(records) == 6 and {r["max_length"] for r in records} == {32, 64}
+    for record in records:
+        assert 0 < record["metrics"]["bpc"] and 0 <= record["metrics"]["accuracy"] <= 1
+        assert record["masked_tokens"] > 0
+    metrics = tmp_path / "lsg_norm_8_2-L64" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    again = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
+    assert metrics.stat().st_mtime_ns == stamp and again == records
+    table = table1.table_markdown(records, scale)
+    assert "| LSG-Norm (8/2) |" in table and "1.919" in table  # ours beside the paper's LSG-Norm 512 BPC
+
+
+def test_full_attention_row_equals_the_base_model_at_its_own_length(pretrained: Path):
+    """The "RoBERTa (full)" row at the base length is the pretrained model itself (no tiling, SDPA)."""
+    from transformers import AutoModelForMaskedLM
+
+    base = AutoModelForMaskedLM.from_pretrained(pretrained).eval()
+    row = next(r for r in table1.rows_for(32) if r.slug == "roberta_full")
+    ids = torch.randint(4, 1000, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(row.build(base, None, 32)(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="--rows"):
+        table1.main(["--rows", "nope"])
+    with pytest.raises(ValueError, match="--lengths"):
+        table1.main(["--lengths", "0"])
