@@ -50,7 +50,7 @@ def test_sweep_writes_records_resumes_and_reports(pretrained: Path, tmp_path: Pa
     records = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
     assert len(records) == 6 and {r["max_length"] for r in records} == {32, 64}
     for record in records:
-        assert 0 < record["metrics"]["bpc"] and 0 <= record["metrics"]["accuracy"] <= 1
+        assert record["metrics"]["bpc"] > 0 and 0 <= record["metrics"]["accuracy"] <= 1
         assert record["masked_tokens"] > 0
     metrics = tmp_path / "lsg_norm_8_2-L64" / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
