@@ -17,7 +17,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo table1 test test-full lint format pattern clean
+.PHONY: help install run demo table1 bench test test-full lint format pattern clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncate
 
 demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
 	$(PY) -m lsg.demo
+
+bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/bench/*.json + .png (BENCH_ARGS=--quick: ~2 min)
+	$(PY) -m lsg.bench $(BENCH_ARGS)
 
 scale ?= smoke
 table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU

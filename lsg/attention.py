@@ -13,10 +13,22 @@ Layout for one layer, T real tokens after G global tokens (q, k, v: (B, H, G+T, 
 
 Every query row always sees the G >= 1 global keys, which are never masked, so no softmax row is
 empty: fully padded queries give finite outputs in every dtype. Masks are booleans end to end.
+
+`lsg_layer` does what every kernel shares (short rule, padding, sparse selection, `BlockKeys`); the
+kernels differ only in how they attend. Registered variants:
+
+* "lsg": the default `attn_implementation`; runs the fastest correct kernel for the device
+  (`default_variant_name`): "lsg_flex" on CUDA, "lsg_fast" elsewhere and whenever dropout is active.
+* "lsg_blocked": the plain kernel of this module (everything gathered, one SDPA call), the tested baseline.
+* "lsg_fast" (`lsg.fast`): chunked flash-style kernel, memory linear in the length, the CPU path.
+* "lsg_flex" (`lsg.flex`): compiled flex_attention with a block mask, the CUDA path.
+* "lsg_reference" (`lsg.reference`): dense float64 reference, for checking.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -24,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lsg.registry import Registry
-from lsg.selectors import SelectorInputs, select_sparse_tokens
+from lsg.selectors import SelectorInputs, SparseTokens, select_sparse_tokens
 from lsg.settings import LSGSettings
 
 
@@ -111,62 +123,202 @@ def sparse_window_index(blocks: int, settings: LSGSettings, device: torch.device
     return torch.cat([j - r - sbs + i, j + 2 * r + i], dim=1) + offset
 
 
-@ATTENTION_VARIANTS.register("lsg")
-def lsg_attention(
+@dataclass
+class BlockKeys:
+    """The keys of every query, kept as their sources instead of one gathered tensor.
+
+    A kernel gathers the (B, H, n, K, D) keys of a range of token blocks with `gather` only when it needs
+    them, so the full gathered tensor (~5x the size of K at the defaults, spec §4) never has to exist, and
+    the keys and values are not copied up front.
+
+    Attributes:
+        key, value: (B, H, G+T', D), the G globals first (T' a multiple of bs).
+        sparse_key, sparse_value: (B, H, S + 2*margin, D) sparse tokens from the selector padded by
+            margin = sbs + r zeros on both sides (indexed by `sparse_window_index`), or None without sparse.
+        visible: (B, 1|H, N, K) bool, which of the K keys of token block j its queries may see.
+        all_valid: (B, G+T') bool, the keys global queries may see (globals and valid tokens).
+        sparse_valid: (B, 1|H, S) validity of the sparse tokens, or None; with `all_valid`, what kernels
+            that apply the layout themselves need (`lsg.flex`).
+    """
+
+    key: Tensor
+    value: Tensor
+    sparse_key: Tensor | None
+    sparse_value: Tensor | None
+    visible: Tensor
+    all_valid: Tensor
+    settings: LSGSettings
+    sparse_valid: Tensor | None = None
+
+    @property
+    def blocks(self) -> int:
+        return self.visible.shape[2]
+
+    def token_blocks(self, x: Tensor) -> Tensor:
+        """(B, H, G+T', ...) -> view of the tokens as (B, H, N, bs, ...)."""
+        return x[:, :, self.settings.num_global_tokens :].unflatten(2, (self.blocks, self.settings.block_size))
+
+    def gather(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of token blocks [start, stop), each (B, H, n, K, D) in layout order, one copy each."""
+        G = self.settings.num_global_tokens
+        B, H, _, D = self.key.shape
+        n = stop - start
+        keys = [self.key[:, :, None, :G].expand(B, H, n, G, D)]
+        values = [self.value[:, :, None, :G].expand(B, H, n, G, D)]
+        if self.sparse_key is not None:
+            keys += self._sparse_windows(self.sparse_key, start, stop)
+            values += self._sparse_windows(self.sparse_value, start, stop)
+        keys.append(self._local_windows(self.key, start, stop))
+        values.append(self._local_windows(self.value, start, stop))
+        return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+
+    def _local_windows(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """Token rows [(j-1)*bs, (j+2)*bs) of blocks j in [start, stop) as a strided view (B, H, n, 3bs, D);
+        only chunks touching either end of the sequence get a (small) zero-padded copy."""
+        G, bs = self.settings.num_global_tokens, self.settings.block_size
+        tokens = x[:, :, G:]
+        low, high = (start - 1) * bs, (stop + 1) * bs
+        rows = tokens[:, :, max(low, 0) : min(high, tokens.shape[2])]
+        if low < 0 or high > tokens.shape[2]:
+            rows = F.pad(rows, (0, 0, max(0, -low), max(0, high - tokens.shape[2])))
+        return rows.unfold(2, 3 * bs, bs).movedim(-1, 3)
+
+    def _sparse_windows(self, x: Tensor, start: int, stop: int) -> list[Tensor]:
+        """Left and right sparse windows of blocks [start, stop) as strided views (B, H, n, sbs, D) of S padded by
+        margin = sbs + r: block j's left window starts at j*r there, its right one at j*r + 3r + sbs."""
+        r, sbs = self.settings.sparse_per_block, self.settings.sparse_block_size
+        left = x[:, :, start * r : (stop - 1) * r + sbs]
+        right = x[:, :, start * r + 3 * r + sbs : (stop - 1) * r + 3 * r + 2 * sbs]
+        return [w.unfold(2, sbs, r).movedim(-1, 3) for w in (left, right)]
+
+
+def build_block_keys(
+    key: Tensor, value: Tensor, valid: Tensor, sparse: SparseTokens | None, settings: LSGSettings
+) -> BlockKeys:
+    """Key sources and visibility of all queries. key/value (B, H, G+T', D), valid (B, T') token validity."""
+    G, bs = settings.num_global_tokens, settings.block_size
+    B, _, total, _ = key.shape
+    N = (total - G) // bs
+    visible = [valid.new_ones(B, 1, N, G)]
+    margin = settings.sparse_block_size + settings.sparse_per_block if sparse is not None else 0
+    if sparse is not None:
+        index = sparse_window_index(N, settings, key.device)  # (N, 2*sbs) into S padded by margin
+        visible.append(F.pad(sparse.valid, (margin, margin), value=False)[:, :, index])  # (B, 1|H, N, 2sbs)
+    visible.append(local_windows(valid[:, None], bs, fill=False))  # (B, 1, N, 3bs)
+    heads_in_mask = max(m.shape[1] for m in visible)
+    return BlockKeys(
+        key=key,
+        value=value,
+        sparse_key=None if sparse is None else F.pad(sparse.keys, (0, 0, margin, margin)),
+        sparse_value=None if sparse is None else F.pad(sparse.values, (0, 0, margin, margin)),
+        visible=torch.cat([m.expand(B, heads_in_mask, N, m.shape[-1]) for m in visible], dim=3),
+        all_valid=torch.cat([valid.new_ones(B, G), valid], dim=1),
+        settings=settings,
+        sparse_valid=None if sparse is None else sparse.valid,
+    )
+
+
+# A block kernel computes the outputs of all queries (B, H, G+T', D) from the (padded) queries and their
+# `BlockKeys`, with the scaling and the dropout (already 0.0 outside training).
+BlockKernel = Callable[[Tensor, BlockKeys, float, float], Tensor]
+
+
+def lsg_layer(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    scaling: float, dropout: float, training: bool, layer_index: int, kernel: BlockKernel,
 ) -> Tensor:
-    """LSG attention for one layer; see the module docstring for the layout. Shapes as `AttentionVariant`."""
+    """The part of LSG attention every kernel shares: short rule, padding, sparse selection.
+
+    Sequences longer than 2*bs go to `kernel(query, block_keys, scaling, dropout)` with the queries padded
+    to (B, H, G+T', D). Shapes otherwise as `AttentionVariant`.
+    """
     B, H, total, D = query.shape
     G, bs = settings.num_global_tokens, settings.block_size
     T = total - G
     dropout = dropout if training else 0.0
     valid = key_validity(token_valid, settings)
-    global_valid = valid.new_ones(B, G)
     if 2 * bs >= T:
-        visible = torch.cat([global_valid, valid], dim=1)[:, None, None]  # (B, 1, 1, G+T)
+        visible = torch.cat([valid.new_ones(B, G), valid], dim=1)[:, None, None]  # (B, 1, 1, G+T)
         return attend(query, key, value, visible, scaling, dropout)
 
     padded = padded_length(T, settings)
     query, key, value = (_pad_length(x, G + padded, dim=2) for x in (query, key, value))
     valid = _pad_length(valid, padded, dim=1, value=False)
-    all_valid = torch.cat([global_valid, valid], dim=1)  # (B, G+T')
-
-    out_global = attend(query[:, :, :G], key, value, all_valid[:, None, None], scaling, dropout)
-
-    N = padded // bs
-    token_keys, token_values = key[:, :, G:], value[:, :, G:]
-    parts_k = [key[:, :, None, :G].expand(B, H, N, G, D)]
-    parts_v = [value[:, :, None, :G].expand(B, H, N, G, D)]
-    parts_m = [global_valid[:, None, None].expand(B, 1, N, G)]
+    sparse = None
     if settings.sparse_enabled:
         sparse = select_sparse_tokens(
-            SelectorInputs(token_keys, token_values, valid, query[:, :, G], scaling, settings, layer_index, training)
+            SelectorInputs(key[:, :, G:], value[:, :, G:], valid, query[:, :, G], scaling, settings, layer_index,
+                           training)
         )
-        margin = settings.sparse_block_size + settings.sparse_per_block
-        index = sparse_window_index(N, settings, query.device)  # (N, 2*sbs)
-        sparse_k = F.pad(sparse.keys, (0, 0, margin, margin))[:, :, index]  # (B, H, N, 2sbs, D)
-        sparse_v = F.pad(sparse.values, (0, 0, margin, margin))[:, :, index]
-        sparse_m = F.pad(sparse.valid, (margin, margin), value=False)[:, :, index]  # (B, 1|H, N, 2sbs)
-        parts_k.append(sparse_k)
-        parts_v.append(sparse_v)
-        parts_m.append(sparse_m)
-    parts_k.append(local_windows(token_keys, bs))
-    parts_v.append(local_windows(token_values, bs))
-    parts_m.append(local_windows(valid[:, None], bs, fill=False))  # (B, 1, N, 3bs)
+    out = kernel(query, build_block_keys(key, value, valid, sparse, settings), scaling, dropout)
+    return out[:, :, : G + T]
 
-    keys = torch.cat(parts_k, dim=3)  # (B, H, N, K, D), K = G (+ 2sbs) + 3bs
-    values = torch.cat(parts_v, dim=3)
-    heads_in_mask = max(m.shape[1] for m in parts_m)
-    visible = torch.cat([m.expand(B, heads_in_mask, N, m.shape[-1]) for m in parts_m], dim=3)
-    K = keys.shape[3]
+
+def gathered_attention(query: Tensor, keys: BlockKeys, scaling: float, dropout: float) -> Tensor:
+    """Plain kernel: SDPA for the global queries, then every block's K keys gathered at once and one masked
+    SDPA call for the token queries. query (B, H, G+T', D) -> (B, H, G+T', D)."""
+    B, H, total, D = query.shape
+    G, bs, N = keys.settings.num_global_tokens, keys.settings.block_size, keys.blocks
+    out_global = attend(query[:, :, :G], keys.key, keys.value, keys.all_valid[:, None, None], scaling, dropout)
+    key, value = keys.gather(0, N)  # (B, H, N, K, D)
+    K = key.shape[3]
     # SDPA's fused CPU/GPU kernels take 4-D inputs: fold (H, N) into one batch dimension.
     out_tokens = attend(
         query[:, :, G:].reshape(B, H * N, bs, D),
-        keys.reshape(B, H * N, K, D),
-        values.reshape(B, H * N, K, D),
-        visible.expand(B, H, N, K).reshape(B, H * N, 1, K),
+        key.reshape(B, H * N, K, D),
+        value.reshape(B, H * N, K, D),
+        keys.visible.expand(B, H, N, K).reshape(B, H * N, 1, K),
         scaling,
         dropout,
-    ).view(B, H, padded, D)
-    return torch.cat([out_global, out_tokens[:, :, :T]], dim=2)
+    ).view(B, H, N * bs, D)
+    return torch.cat([out_global, out_tokens], dim=2)
+
+
+def block_variant(kernel: BlockKernel, name: str, doc: str) -> AttentionVariant:
+    """An `AttentionVariant` running `kernel` inside `lsg_layer` (short rule, padding, selectors)."""
+
+    def variant(
+        query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
+        scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    ) -> Tensor:
+        return lsg_layer(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout,
+                         training=training, layer_index=layer_index, kernel=kernel)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = doc + " Shapes as `AttentionVariant`."
+    return variant
+
+
+lsg_blocked_attention = ATTENTION_VARIANTS.register("lsg_blocked")(block_variant(
+    gathered_attention, "lsg_blocked_attention",
+    "The plain blocked kernel (spec §3.2 pseudocode), kept as the tested baseline: its gathered keys and values, "
+    "(B, H, N, K, D) each, stay alive for the backward pass.",
+))
+
+
+def default_variant_name(query: Tensor, dropout: float, training: bool) -> str:
+    """The variant "lsg" runs: compiled flex_attention on CUDA (it has no dropout and no CPU backward),
+    the memory-efficient blocked kernel everywhere else."""
+    if query.is_cuda and not (training and dropout > 0):
+        return "lsg_flex"
+    return "lsg_fast"
+
+
+@ATTENTION_VARIANTS.register("lsg")
+def lsg_attention(
+    query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
+    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+) -> Tensor:
+    """LSG attention for one layer on the fastest correct path for the device (see `default_variant_name`).
+
+    This is the default `attn_implementation` of converted models. Shapes as `AttentionVariant`.
+    """
+    variant = ATTENTION_VARIANTS.get(default_variant_name(query, dropout, training))
+    return variant(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout, training=training,
+                   layer_index=layer_index)
+
+
+# The fast kernels build on the helpers above; importing them here registers "lsg_fast" and "lsg_flex"
+# wherever this module is imported, so "lsg" always finds them.
+import lsg.fast  # noqa: E402, F401
+import lsg.flex  # noqa: E402, F401

@@ -1,11 +1,12 @@
-"""The LSG kernel against the dense reference and the spec's invariants (spec §6: I1, I2, I4, I5, I7, I8, I11, I12)."""
+"""The plain LSG kernel ("lsg_blocked") against the dense reference and the spec's invariants (spec §6: I1, I2, I4,
+I5, I7, I8, I11, I12). The fast paths are checked against both in test_fast_kernel.py."""
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsg.attention import lsg_attention
+from lsg.attention import lsg_blocked_attention
 from lsg.reference import reference_lsg_attention, reference_visibility
 from lsg.settings import SPARSITY_TYPES, LSGSettings
 
@@ -27,8 +28,8 @@ def run_both(settings: LSGSettings, tokens: int, pad: int = 0, batch: int = 2, h
     q, k, v = random_qkv(batch, heads, tokens, settings.num_global_tokens, dim)
     valid = padded_validity(batch, tokens, pad)
     scale = dim**-0.5
-    return lsg_attention(q, k, v, valid, settings, scaling=scale), reference_lsg_attention(q, k, v, valid, settings,
-                                                                                            scaling=scale)
+    plain = lsg_blocked_attention(q, k, v, valid, settings, scaling=scale)
+    return plain, reference_lsg_attention(q, k, v, valid, settings, scaling=scale)
 
 
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
@@ -72,7 +73,8 @@ def test_short_sequences_are_dense_attention_over_globals_and_tokens():
     mask = torch.cat([torch.ones(2, 3, dtype=torch.bool), valid], 1)
     scores = (q @ k.transpose(-1, -2)) / 8**0.5
     dense = scores.masked_fill(~mask[:, None, None], float("-inf")).softmax(-1) @ v
-    torch.testing.assert_close(lsg_attention(q, k, v, valid, settings, scaling=8**-0.5), dense, atol=1e-6, rtol=0)
+    out = lsg_blocked_attention(q, k, v, valid, settings, scaling=8**-0.5)
+    torch.testing.assert_close(out, dense, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("sparsity_type", ["none", "stride", "pooling", "norm"])
@@ -86,7 +88,7 @@ def test_keys_per_query_match_the_formula(sparsity_type):
     k = torch.randn(1, 1, 1 + tokens, 4)
     v = torch.zeros(1, 1, 1 + tokens, 4)
     v[:, :, 0] = 1.0
-    out = lsg_attention(q, k, v, torch.ones(1, tokens, dtype=torch.bool), settings, scaling=1.0)
+    out = lsg_blocked_attention(q, k, v, torch.ones(1, tokens, dtype=torch.bool), settings, scaling=1.0)
     counted = (1 / out[0, 0, 1:, 0]).round().long()
     dense, sparse = reference_visibility(tokens, settings)
     expected = dense[1:].sum(1) + sparse[1:].sum(1)
@@ -102,11 +104,11 @@ def test_appending_padding_leaves_real_tokens_unchanged(sparsity_type):
                            num_global_tokens=2)
     q, k, v = random_qkv(2, 3, 53, 2)
     valid = torch.ones(2, 53, dtype=torch.bool)
-    base = lsg_attention(q, k, v, valid, settings, scaling=0.3)
+    base = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3)
     extra = 37
     q2, k2, v2 = (torch.cat([x, 50 * torch.randn(2, 3, extra, 8)], 2) for x in (q, k, v))
     valid2 = torch.cat([valid, torch.zeros(2, extra, dtype=torch.bool)], 1)
-    longer = lsg_attention(q2, k2, v2, valid2, settings, scaling=0.3)
+    longer = lsg_blocked_attention(q2, k2, v2, valid2, settings, scaling=0.3)
     torch.testing.assert_close(longer[:, :, : 2 + 53], base, atol=2e-6, rtol=0)
 
 
@@ -121,7 +123,7 @@ def test_half_precision_error_within_twice_plain_low_precision(dtype, sparsity_t
     valid[0] = False  # one fully padded row must still give finite outputs
     truth = reference_lsg_attention(q, k, v, valid, settings, scaling=0.25)
     low = [x.to(dtype) for x in (q, k, v)]
-    fast = lsg_attention(*low, valid, settings, scaling=0.25)
+    fast = lsg_blocked_attention(*low, valid, settings, scaling=0.25)
     plain = reference_lsg_attention(*low, valid, settings, scaling=0.25, compute_dtype=dtype)
     assert fast.dtype == dtype and torch.isfinite(fast).all()
     fast_error = (fast.double() - truth.double()).abs().max()
@@ -135,7 +137,8 @@ def test_gradients_match_finite_differences(sparsity_type):
                            num_global_tokens=1)
     q, k, v = (x.double().requires_grad_() for x in random_qkv(1, 2, 19, 1, dim=4))
     valid = padded_validity(1, 19, 3)
-    assert torch.autograd.gradcheck(lambda a, b, c: lsg_attention(a, b, c, valid, settings, scaling=0.5), (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: lsg_blocked_attention(a, b, c, valid, settings, scaling=0.5),
+                                    (q, k, v))
 
 
 def test_tokens_outside_every_window_do_not_matter():
@@ -144,7 +147,7 @@ def test_tokens_outside_every_window_do_not_matter():
                            num_global_tokens=1)
     q, k, v = random_qkv(1, 2, 128, 1)
     valid = torch.ones(1, 128, dtype=torch.bool)
-    base = lsg_attention(q, k, v, valid, settings, scaling=0.3)
+    base = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3)
     dense, sparse = reference_visibility(128, settings)
     query = 1 + 60  # token 60, block 7
     f = settings.sparsity_factor
@@ -156,7 +159,7 @@ def test_tokens_outside_every_window_do_not_matter():
     k2, v2 = k.clone(), v.clone()
     k2[:, :, [1 + t for t in unseen]] += 10
     v2[:, :, [1 + t for t in unseen]] += 10
-    moved = lsg_attention(q, k2, v2, valid, settings, scaling=0.3)
+    moved = lsg_blocked_attention(q, k2, v2, valid, settings, scaling=0.3)
     torch.testing.assert_close(moved[:, :, query], base[:, :, query], atol=1e-6, rtol=0)
     assert not torch.allclose(moved[:, :, 0], base[:, :, 0]), "global queries see every token"
 
@@ -165,9 +168,9 @@ def test_batch_permutation_is_equivariant():
     settings = LSGSettings(block_size=8, sparsity_type="norm", sparse_block_size=8, num_global_tokens=2)
     q, k, v = random_qkv(3, 2, 70, 2)
     valid = padded_validity(3, 70, 9)
-    out = lsg_attention(q, k, v, valid, settings, scaling=0.3)
+    out = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3)
     perm = torch.tensor([2, 0, 1])
-    permuted = lsg_attention(q[perm], k[perm], v[perm], valid[perm], settings, scaling=0.3)
+    permuted = lsg_blocked_attention(q[perm], k[perm], v[perm], valid[perm], settings, scaling=0.3)
     torch.testing.assert_close(permuted, out[perm], atol=1e-6, rtol=0)
 
 
@@ -175,13 +178,13 @@ def test_sparsity_factor_one_is_the_same_for_every_type():
     """I8: f == 1 keeps every token, so all selectors agree; none == sbs 0 == f 0 (local only)."""
     q, k, v = random_qkv(1, 2, 90, 1)
     valid = padded_validity(1, 90, 5)
-    outs = [lsg_attention(q, k, v, valid, LSGSettings(block_size=8, sparse_block_size=8, sparsity_factor=1,
+    outs = [lsg_blocked_attention(q, k, v, valid, LSGSettings(block_size=8, sparse_block_size=8, sparsity_factor=1,
                                                       sparsity_type=t), scaling=0.3) for t in SPARSE_TYPES]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], atol=1e-6, rtol=0)
     local = [LSGSettings(block_size=8, sparsity_type=None), LSGSettings(block_size=8, sparse_block_size=0),
              LSGSettings(block_size=8, sparsity_factor=0)]
-    outs = [lsg_attention(q, k, v, valid, s, scaling=0.3) for s in local]
+    outs = [lsg_blocked_attention(q, k, v, valid, s, scaling=0.3) for s in local]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], atol=0, rtol=0)
 
@@ -190,7 +193,7 @@ def test_dropout_is_applied_only_in_training():
     settings = LSGSettings(block_size=8, sparse_block_size=8, num_global_tokens=1)
     q, k, v = random_qkv(1, 2, 50, 1)
     valid = torch.ones(1, 50, dtype=torch.bool)
-    evaluation = lsg_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=False)
-    torch.testing.assert_close(evaluation, lsg_attention(q, k, v, valid, settings, scaling=0.3))
-    trained = lsg_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=True)
+    evaluation = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=False)
+    torch.testing.assert_close(evaluation, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3))
+    trained = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=True)
     assert not torch.allclose(trained, evaluation)

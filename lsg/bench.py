@@ -1,0 +1,391 @@
+"""`python -m lsg.bench` (`make bench`): forward+backward steps of LSG vs full attention, Longformer and BigBird.
+
+A benchmark, not a test: it times training steps (forward, backward, no optimizer) of RoBERTa-base-shaped
+encoders with random weights (`lsg.bench_systems`), interleaving the systems in each round so that load
+from other processes hits them alike, and reports the median after one warm-up step.
+
+* Time: wall clock of a step (CUDA synchronised). Timed repeats per cell are `--repeats`, cut down to
+  fit `--cell-seconds` for slow cells (at least one); the JSON records how many ran. A warm-up step longer
+  than `--cell-seconds` is itself the single timed step (`warmup_timed` in the JSON).
+* Memory: peak bytes of the tensors allocated during the warm-up step, above the model's own weights and
+  inputs (activations, temporaries, weight gradients). On CPU it comes from `lsg.memory.PeakMemory`, a
+  deterministic live-tensor tracker (what a caching-free allocator would hold; it does not see scratch
+  buffers a fused kernel frees before returning); on CUDA from `torch.cuda.max_memory_allocated`.
+* FLOPs: attention FLOPs are counted analytically (4·D per query-key pair forward, x3.5 for forward +
+  backward as FlashAttention-2 counts, recomputation included), dense layers as 3 x 24·T·d² per layer.
+  A large matmul measured in the same run gives the machine's peak; the LSG kernel is also timed alone
+  (`kernel` in the JSON) to report the fraction of that peak its attention reaches.
+* Runs that would not fit are skipped with a reason: a memory estimate above 60% of the free memory, or an
+  estimated step above `--max-step-seconds`.
+
+Writes runs/bench/<machine>-<date>.json (atomically) and a log-log plot beside it, and prints the ratio
+table (system / LSG norm 128/4) and the issue's goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tqdm import tqdm
+
+from lsg.attention import ATTENTION_VARIANTS
+from lsg.bench_systems import LSG_NORM, REFERENCE, Shape, System, all_systems, build_system, lsg_pairs, make_inputs
+from lsg.memory import PeakMemory
+
+LONG_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
+QUICK_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(prog="python -m lsg.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=12 if cuda else 2, help="encoder layers (12 on GPU, 2 on CPU)")
+    parser.add_argument("--batch", type=int, default=4 if cuda else 1)
+    parser.add_argument("--lengths", type=int, nargs="+", help="default 1024 4096 16384 (+65536 on GPU)")
+    parser.add_argument("--systems", nargs="+", choices=list(all_systems()),
+                        help=f"default: all, and on CPU only {', '.join(LONG_SYSTEMS)} from 16384 tokens on")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per cell after the warm-up")
+    parser.add_argument("--cell-seconds", type=float, default=30.0,
+                        help="fewer repeats (at least 1) for cells whose warm-up step shows they would take longer")
+    parser.add_argument("--max-step-seconds", type=float, default=300.0, help="skip cells estimated to be slower")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: lengths 1024 2048, systems {', '.join(QUICK_SYSTEMS)}, 1 repeat")
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="directory of the JSON and plot")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths = args.lengths or [1024, 2048]
+        args.systems = args.systems or list(QUICK_SYSTEMS)
+        args.repeats = 1
+    args.lengths = args.lengths or ([1024, 4096, 16384] + ([65536] if cuda else []))
+    return args
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU model, cores, threads, versions and GPU name: the JSON's `machine` record."""
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        cpu = found.group(1).strip() if found else cpu
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "hostname": platform.node(),
+    }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """GFLOP/s of a large square matmul on this machine, median of 5."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / _median_seconds(lambda: a @ b, device, 5) / 1e9
+
+
+def kernel_efficiency(shape: Shape, batch: int, length: int, device: torch.device, dtype: torch.dtype,
+                      peak: float) -> dict[str, Any]:
+    """Attention alone, forward + backward on (B, H, 1+T, D) inputs: GFLOP/s and fraction of the matmul peak."""
+    D, H = shape.head_dim, shape.heads
+    q, k, v = (torch.randn(batch, H, 1 + length, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+    flop = 3.5 * 4 * D * H * batch * lsg_pairs(LSG_NORM)(length)
+    result: dict[str, Any] = {"length": length, "settings": LSG_NORM.to_dict(), "gflop": flop / 1e9}
+    for name in ("lsg", "lsg_blocked"):
+        variant = ATTENTION_VARIANTS.get(name)
+
+        def step(variant=variant) -> None:
+            variant(q, k, v, valid, LSG_NORM, scaling=D**-0.5, training=True).sum().backward()
+
+        seconds = _median_seconds(step, device, 5)
+        result[name] = {"seconds": seconds, "gflops": flop / seconds / 1e9, "fraction_of_peak": flop / seconds / 1e9
+                        / peak}
+    return result
+
+
+def train_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    """Forward, a scalar loss and backward; gradients are dropped so every step allocates them alike."""
+    hidden = model(**inputs).last_hidden_state
+    hidden.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def measure_memory(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device) -> tuple[float, int]:
+    """One step (the warm-up): its wall time and the peak bytes allocated during it."""
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        train_step(model, inputs)
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) - base
+    with PeakMemory() as memory:
+        train_step(model, inputs)
+    return time.perf_counter() - start, memory.peak_bytes
+
+
+def available_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
+        if found:
+            return int(found.group(1)) * 1024.0
+    return float("inf")
+
+
+def step_gflop(system: System, shape: Shape, batch: int, length: int) -> tuple[float, float]:
+    """Analytic (attention, whole step) GFLOP of one forward + backward step."""
+    attention = 3.5 * 4 * shape.head_dim * shape.heads * batch * shape.layers * system.pairs(length)
+    dense = 3 * 24 * batch * length * shape.hidden**2 * shape.layers
+    return attention / 1e9, (attention + dense) / 1e9
+
+
+def skip_reason(system: System, shape: Shape, batch: int, length: int, device: torch.device, peak: float,
+                max_step_seconds: float) -> str | None:
+    """Why a cell cannot run here, from the memory and time estimates, or None."""
+    needed, free = system.quadratic_bytes(shape, batch, length), available_bytes(device)
+    if needed > 0.6 * free:
+        return f"memory estimate {needed / 2**30:.1f} GiB > 60% of {free / 2**30:.1f} GiB free"
+    seconds = step_gflop(system, shape, batch, length)[1] / (0.5 * peak)
+    if seconds > max_step_seconds:
+        return f"estimated step {seconds:.0f} s > --max-step-seconds {max_step_seconds:.0f}"
+    return None
+
+
+def run_length(length: int, systems: list[System], args: argparse.Namespace, shape: Shape, device: torch.device,
+               dtype: torch.dtype, peak: float, progress: tqdm) -> list[dict[str, Any]]:
+    """All cells of one length: build, warm up (memory), then timed rounds interleaving the systems."""
+    cells, live = [], []
+    for system in systems:
+        cell: dict[str, Any] = {"system": system.name, "length": length, "status": "ok"}
+        cell["attention_gflop"], cell["step_gflop"] = step_gflop(system, shape, args.batch, length)
+        cells.append(cell)
+        reason = skip_reason(system, shape, args.batch, length, device, peak, args.max_step_seconds)
+        if reason:
+            cell.update(status="skipped", reason=reason)
+            progress.update(1 + args.repeats)
+            continue
+        try:
+            model, extra = build_system(system, shape, length, device, dtype)
+            inputs = make_inputs(model, extra, args.batch, length, device)
+            warmup, cell["peak_bytes"] = measure_memory(model, inputs, device)
+        except (RuntimeError, MemoryError) as error:  # out of memory or an unsupported shape: record, go on
+            cell.update(status="failed", reason=f"{type(error).__name__}: {str(error)[:200]}")
+            progress.update(1 + args.repeats)
+            continue
+        if warmup > args.cell_seconds:
+            # A step this long has no warm-up effect worth a second run: its (memory) step is also its time.
+            cell.update(repeats=1, times_s=[warmup], median_s=warmup, warmup_timed=True)
+            cell["step_gflops"] = cell["step_gflop"] / warmup
+            progress.update(1 + args.repeats)
+            del model, inputs
+            continue
+        cell["repeats"] = max(1, min(args.repeats, int(args.cell_seconds // max(warmup, 1e-9))))
+        cell["times_s"] = []
+        progress.update(1 + args.repeats - cell["repeats"])
+        live.append((cell, model, inputs))
+    for round_index in range(args.repeats):
+        for cell, model, inputs in live:
+            if round_index < cell["repeats"]:
+                _synchronize(device)
+                start = time.perf_counter()
+                train_step(model, inputs)
+                _synchronize(device)
+                cell["times_s"].append(time.perf_counter() - start)
+                progress.update(1)
+    for cell, _, _ in live:
+        cell["median_s"] = statistics.median(cell["times_s"])
+        cell["step_gflops"] = cell["step_gflop"] / cell["median_s"]
+    return cells
+
+
+def ratio_table(cells: list[dict[str, Any]], key: str) -> dict[str, dict[int, float]]:
+    """{system: {length: cell[key] / reference cell[key]}} for the measured cells."""
+    reference = {c["length"]: c[key] for c in cells if c["system"] == REFERENCE and c.get(key)}
+    table: dict[str, dict[int, float]] = {}
+    for cell in cells:
+        if cell.get(key) and cell["length"] in reference:
+            table.setdefault(cell["system"], {})[cell["length"]] = cell[key] / reference[cell["length"]]
+    return table
+
+
+def format_table(cells: list[dict[str, Any]], lengths: list[int]) -> str:
+    """Markdown table: median step time, peak memory and both ratios to LSG norm per system and length."""
+    time_ratio, memory_ratio = ratio_table(cells, "median_s"), ratio_table(cells, "peak_bytes")
+    header = "| system | " + " | ".join(f"{n} tokens: s, MiB (time x, mem x)" for n in lengths) + " |"
+    lines = [header, "|" + " --- |" * (len(lengths) + 1)]
+    systems = list(dict.fromkeys(c["system"] for c in cells))
+    for system in systems:
+        row = []
+        for length in lengths:
+            cell = next((c for c in cells if c["system"] == system and c["length"] == length), None)
+            if cell is None or cell["status"] != "ok":
+                row.append("—" if cell is None else cell["status"])
+                continue
+            ratios = f"{time_ratio.get(system, {}).get(length, float('nan')):.2f}, " \
+                     f"{memory_ratio.get(system, {}).get(length, float('nan')):.2f}"
+            row.append(f"{cell['median_s']:.2f}, {cell['peak_bytes'] / 2**20:.0f} ({ratios})")
+        lines.append(f"| {system} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_goals(cells: list[dict[str, Any]], kernel: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The CPU goals of issue #8 that this run can check: value, target and whether it is met."""
+    cell = {(c["system"], c["length"]): c for c in cells if c["status"] == "ok"}
+
+    def ratio(numerator: str, denominator: str, length: int, key: str = "median_s", other: int | None = None):
+        a, b = cell.get((numerator, length)), cell.get((denominator, other or length))
+        return None if a is None or b is None else a[key] / b[key]
+
+    checks = [
+        ("time longformer_512 / lsg_norm at 4096", ratio("longformer_512", REFERENCE, 4096), ">=", 3.0),
+        ("time bigbird / lsg_norm at 4096", ratio("bigbird", REFERENCE, 4096), ">=", 2.0),
+        ("time full_sdpa / lsg_norm at 4096", ratio("full_sdpa", REFERENCE, 4096), ">=", 1.0),
+        ("time full_sdpa / lsg_norm at 16384", ratio("full_sdpa", REFERENCE, 16384), ">=", 3.0),
+        ("time lsg_norm 16384 / 4096", ratio(REFERENCE, REFERENCE, 16384, other=4096), "<=", 4.3),
+        ("memory lsg_norm 16384 / 4096", ratio(REFERENCE, REFERENCE, 16384, "peak_bytes", 4096), "<=", 4.3),
+        ("memory lsg_norm / full_sdpa at 4096", ratio(REFERENCE, "full_sdpa", 4096, "peak_bytes"), "<=", 1.0),
+    ]
+    if kernel is not None:
+        checks.append((f"LSG attention fraction of matmul peak at {kernel['length']}",
+                       kernel["lsg"]["fraction_of_peak"], ">=", 0.35))
+    goals = []
+    for name, value, op, target in checks:
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        goals.append({"goal": name, "value": value, "target": f"{op} {target}", "met": met})
+    return goals
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write atomically: a temporary file in the same directory, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(handle.name, path)
+
+
+def plot(cells: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Time and memory vs length, log-log, one line per system; saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for system in dict.fromkeys(c["system"] for c in cells):
+        done = sorted((c for c in cells if c["system"] == system and c["status"] == "ok"), key=lambda c: c["length"])
+        if not done:
+            continue
+        style = {"linewidth": 2.5} if system.startswith("lsg") else {"linestyle": "--"}
+        lengths = [c["length"] for c in done]
+        axes[0].plot(lengths, [c["median_s"] for c in done], marker="o", label=system, **style)
+        axes[1].plot(lengths, [c["peak_bytes"] / 2**20 for c in done], marker="o", label=system, **style)
+    for axis, label in zip(axes, ("seconds per fwd+bwd step (median)", "peak memory of a step (MiB)"), strict=True):
+        axis.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def plan(args: argparse.Namespace, device: torch.device) -> list[tuple[int, list[System]]]:
+    """Which systems run at which length (see --systems)."""
+    systems = all_systems()
+    chosen = args.systems or [name for name in systems if name != "lsg_norm_blocked"]
+    result = []
+    for length in args.lengths:
+        names = chosen
+        if args.systems is None and device.type == "cpu" and length >= 16384:
+            names = [name for name in chosen if name in LONG_SYSTEMS]
+        result.append((length, [systems[name] for name in names]))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the benchmark; returns the path of the JSON written."""
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape = Shape(layers=args.layers, hidden=args.hidden, heads=args.heads)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    peak = matmul_peak(device, dtype)
+    kernel_length = 4096 if 4096 in args.lengths else max(args.lengths)
+    kernel = kernel_efficiency(shape, args.batch, kernel_length, device, dtype, peak)
+    schedule = plan(args, device)
+    cells: list[dict[str, Any]] = []
+    with tqdm(total=sum(len(s) for _, s in schedule) * (1 + args.repeats), desc="bench", unit="step") as progress:
+        for length, systems in schedule:
+            cells += run_length(length, systems, args, shape, device, dtype, peak, progress)
+            gc.collect()
+    machine = machine_info(device)
+    stamp = datetime.now()
+    name = re.sub(r"[^a-z0-9]+", "-", f"{machine['gpu'] or machine['cpu']}-{machine['cores']}c".lower()).strip("-")
+    path = args.out / f"{name}-{stamp:%Y%m%d-%H%M}.json"
+    goals = evaluate_goals(cells, kernel)
+    record = {
+        "date": stamp.isoformat(timespec="seconds"), "machine": machine, "dtype": str(dtype).removeprefix("torch."),
+        "shape": vars(shape), "batch": args.batch, "lengths": args.lengths, "repeats": args.repeats,
+        "reference_system": REFERENCE, "matmul_peak_gflops": peak, "kernel": kernel, "cells": cells,
+        "time_ratios": ratio_table(cells, "median_s"), "memory_ratios": ratio_table(cells, "peak_bytes"),
+        "goals": goals, "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else
+        "lsg.memory.PeakMemory (live tensors allocated during the warm-up step)",
+        "runtime_s": time.perf_counter() - started,
+    }
+    write_json(path, record)
+    title = (f"{machine['gpu'] or machine['cpu']}, {machine['torch_threads']} threads, {record['dtype']}, "
+             f"{shape.layers} layers, batch {args.batch}")
+    plot(cells, path.with_suffix(".png"), title)
+    print(f"\n{title}; matmul peak {peak:.0f} GFLOP/s; LSG attention {kernel['lsg']['gflops']:.1f} GFLOP/s "
+          f"({kernel['lsg']['fraction_of_peak']:.0%}) at {kernel_length} tokens\n")
+    print(format_table(cells, args.lengths))
+    print()
+    for goal in goals:
+        value = "n/a" if goal["value"] is None else f"{goal['value']:.3f}"
+        print(f"{'MET ' if goal['met'] else 'n/a ' if goal['met'] is None else 'MISS'} {goal['goal']}: {value} "
+              f"(target {goal['target']})")
+    print(f"\nwrote {path} and {path.with_suffix('.png')} in {record['runtime_s']:.0f} s")
+    return path
+
+
+if __name__ == "__main__":
+    main()

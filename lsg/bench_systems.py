@@ -1,0 +1,157 @@
+"""The systems `lsg.bench` compares, built with random weights in the shape of RoBERTa-base (no downloads).
+
+Each system is a `System`: a name, a builder returning (model, extra forward kwargs) for a length, and
+analytic cost models (attention pairs per head for the FLOP count, and a rough memory bound used to skip
+runs that could not fit). Dropout is 0 everywhere, so a step measures the attention kernels, not the RNG.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BigBirdConfig, BigBirdModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
+
+import lsg
+from lsg.settings import LSGSettings
+
+SELECTORS = ("norm", "pooling", "stride", "block_stride", "lsh", "bos_pooling")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Encoder shape: RoBERTa-base by default (the benchmark's smoke test shrinks it)."""
+
+    layers: int = 2
+    hidden: int = 768
+    heads: int = 12
+    vocab: int = 50265
+
+    def roberta(self, positions: int = 514) -> RobertaConfig:
+        return RobertaConfig(
+            vocab_size=self.vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
+            num_attention_heads=self.heads, intermediate_size=4 * self.hidden, max_position_embeddings=positions,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1, bos_token_id=0,
+            eos_token_id=2, type_vocab_size=1,
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+Builder = Callable[[Shape, int], tuple[nn.Module, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class System:
+    """One benchmarked system. `pairs(length)`: (query, key) pairs per head and layer (attention FLOPs);
+    `quadratic_bytes(shape, batch, length)`: memory that grows faster than linearly (0 if none)."""
+
+    name: str
+    build: Builder
+    pairs: Callable[[int], float]
+    quadratic_bytes: Callable[[Shape, int, int], float] = lambda shape, batch, length: 0.0
+
+
+def _full(implementation: str) -> Builder:
+    def build(shape: Shape, length: int) -> tuple[nn.Module, dict[str, Any]]:
+        # Positions are tiled in a real conversion; with random weights only the table's size matters.
+        config = shape.roberta(positions=length + 2)
+        config._attn_implementation = implementation
+        return RobertaModel(config, add_pooling_layer=False), {}
+
+    return build
+
+
+def _longformer(window: int) -> Builder:
+    def build(shape: Shape, length: int) -> tuple[nn.Module, dict[str, Any]]:
+        config = LongformerConfig(**shape.roberta(positions=length + 2).to_dict())
+        config.attention_window = window
+        return LongformerModel(config, add_pooling_layer=False), {"global_tokens": 1}  # CLS is global
+
+    return build
+
+
+def _bigbird(shape: Shape, length: int) -> tuple[nn.Module, dict[str, Any]]:
+    settings = shape.roberta(positions=length).to_dict()
+    config = BigBirdConfig(**{**settings, "attention_type": "block_sparse", "block_size": 64,
+                              "num_random_blocks": 3, "sep_token_id": 2})
+    return BigBirdModel(config, add_pooling_layer=False), {}
+
+
+def _lsg(settings: LSGSettings, implementation: str = "lsg") -> Builder:
+    def build(shape: Shape, length: int) -> tuple[nn.Module, dict[str, Any]]:
+        base = RobertaModel(shape.roberta())  # the converter transfers every weight, the pooler's included
+        model = lsg.convert(base, bos_token_id=0, mask_token_id=4, max_length=max(length, 512),
+                            **settings.to_dict())
+        model.set_attn_implementation(implementation)
+        return model, {}
+
+    return build
+
+
+def lsg_pairs(settings: LSGSettings) -> Callable[[int], float]:
+    """(query, key) pairs of LSG per head (spec §4): T'·K + G·(G+T'), or dense below 2·bs."""
+    G, bs = settings.num_global_tokens, settings.block_size
+
+    def pairs(length: int) -> float:
+        if length <= 2 * bs:
+            return float((G + length) ** 2)
+        padded = -(-length // bs) * bs
+        return float(padded * settings.keys_per_query() + G * (G + padded))
+
+    return pairs
+
+
+def _eager_bytes(shape: Shape, batch: int, length: int) -> float:
+    # eager keeps scores and probabilities per layer for the backward pass, fp32
+    return 2.0 * shape.layers * batch * shape.heads * length**2 * 4
+
+
+LSG_NORM = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type="norm")
+LSG_LOCAL = LSGSettings(block_size=256, sparse_block_size=0, sparsity_factor=4, sparsity_type=None)
+REFERENCE = "lsg_norm"  # the ratios of the report are system / this
+
+
+def all_systems() -> dict[str, System]:
+    """Every system by name, in the order of the report."""
+    systems = [
+        System("full_eager", _full("eager"), lambda n: float(n * n), _eager_bytes),
+        System("full_sdpa", _full("sdpa"), lambda n: float(n * n)),
+        System("longformer_512", _longformer(512), lambda n: float(n * 513 + 2 * n)),
+        System("longformer_256", _longformer(256), lambda n: float(n * 257 + 2 * n)),
+        System("bigbird", _bigbird, lambda n: float(n * 8 * 64 + 2 * 64 * n) if n > 11 * 64 else float(n * n)),
+    ]
+    for selector in SELECTORS:
+        settings = LSGSettings(**{**LSG_NORM.to_dict(), "sparsity_type": selector})
+        systems.append(System(f"lsg_{selector}", _lsg(settings), lsg_pairs(settings)))
+    systems.append(System("lsg_local_256", _lsg(LSG_LOCAL), lsg_pairs(LSG_LOCAL)))
+    systems.append(System("lsg_norm_blocked", _lsg(LSG_NORM, "lsg_blocked"), lsg_pairs(LSG_NORM)))
+    return {system.name: system for system in systems}
+
+
+def make_inputs(model: nn.Module, extra: dict[str, Any], batch: int, length: int, device: torch.device,
+                ) -> dict[str, torch.Tensor]:
+    """Random token ids and an all-ones mask (plus Longformer's global mask on the first token)."""
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, vocab, (batch, length), device=device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if extra.get("global_tokens"):
+        inputs["global_attention_mask"] = torch.zeros_like(ids)
+        inputs["global_attention_mask"][:, : extra["global_tokens"]] = 1
+    return inputs
+
+
+def build_system(system: System, shape: Shape, length: int, device: torch.device, dtype: torch.dtype,
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model of `system` for one length (BigBird's short-input fallback is sticky, so never reuse)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Longformer/BigBird padding notices, once per model
+        model, extra = system.build(copy.deepcopy(shape), length)
+    return model.to(device=device, dtype=dtype).train(), extra

@@ -1,0 +1,133 @@
+"""The flex_attention LSG kernel ("lsg_flex", the CUDA path of "lsg"): one fused call per layer for the tokens.
+
+The token queries (B, H, T', D) attend to one concatenated key sequence (the G global queries, dense over
+every key, take one SDPA call)
+
+    [ tokens (T') | sparse tokens S (T'/f, produced by the selector first) | globals (G) ]
+
+through `torch.nn.attention.flex_attention`, with LSG's layout (spec §3.2) written as a `mask_mod` on
+indices. The block mask is built directly from the layout at tile level (`lsg_block_mask`), so nothing of
+size T x T ever exists, not even while the mask is built (`create_block_mask` would evaluate the mask_mod
+on the full grid). Every tile is marked partial, so the mask_mod, which also reads the padding and the
+sparse validity per batch row and head, is applied everywhere.
+
+flex_attention has no dropout, and no backward pass on CPU (torch 2.13): "lsg" uses this kernel on CUDA
+without dropout, and `lsg_fast` otherwise. The compiled forward runs on CPU too and is tested there.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from lsg.attention import ATTENTION_VARIANTS, BlockKeys, attend, block_variant
+from lsg.settings import LSGSettings
+
+TILE = 128  # flex_attention's default block size (query and key tiles)
+
+
+@functools.cache
+def compiled_flex_attention() -> Callable[..., Tensor]:
+    """flex_attention compiled once per process (uncompiled it materialises the full score matrix)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _key_ranges(settings: LSGSettings, first: Tensor, last: Tensor, tokens: int, sparse: int
+                ) -> list[tuple[Tensor, Tensor]]:
+    """[lo, hi) ranges of the concatenated keys seen by query rows whose blocks run from `first` to `last`,
+    each clipped to its own segment (a window falling off the sequence sees nothing, not the next segment)."""
+    bs, G = settings.block_size, settings.num_global_tokens
+    ranges = [((first - 1) * bs, (last + 2) * bs, 0, tokens)]  # local windows
+    if sparse:
+        r, sbs = settings.sparse_per_block, settings.sparse_block_size
+        ranges.append(((first - 1) * r - sbs, (last - 1) * r, 0, sparse))  # left windows, in S
+        ranges.append(((first + 2) * r, (last + 2) * r + sbs, 0, sparse))  # right windows, in S
+        ranges[1:] = [(lo + tokens, hi + tokens, a + tokens, b + tokens) for lo, hi, a, b in ranges[1:]]
+    globals_ = tokens + sparse
+    ranges.append((torch.full_like(first, globals_), torch.full_like(first, globals_ + G), globals_, globals_ + G))
+    return [(lo.clamp(a, b), hi.clamp(a, b)) for lo, hi, a, b in ranges]
+
+
+def lsg_block_mask(settings: LSGSettings, tokens: int, sparse: int, mask_mod: Callable, device: torch.device
+                   ) -> BlockMask:
+    """Tile-level block mask of the layout for T' = `tokens` queries and `sparse` sparse keys.
+
+    A (query tile, key tile) pair is kept when the key tile meets a key range of some query row of the tile.
+    """
+    keys = tokens + sparse + settings.num_global_tokens
+    q_tiles, k_tiles = -(-tokens // TILE), -(-keys // TILE)
+    rows = torch.arange(q_tiles, device=device) * TILE
+    first = rows // settings.block_size
+    last = (torch.clamp(rows + TILE, max=tokens) - 1) // settings.block_size
+    tile_lo = torch.arange(k_tiles, device=device)[None] * TILE
+    seen = torch.zeros(q_tiles, k_tiles, dtype=torch.bool, device=device)
+    for lo, hi in _key_ranges(settings, first, last, tokens, sparse):
+        seen |= (tile_lo < hi[:, None]) & (tile_lo + TILE > lo[:, None]) & (hi > lo)[:, None]
+    counts = seen.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~seen).to(torch.int8), dim=-1, stable=True).to(torch.int32)  # kept tiles first
+    return BlockMask.from_kv_blocks(counts[None, None], order[None, None], BLOCK_SIZE=TILE, mask_mod=mask_mod,
+                                    seq_lengths=(tokens, keys))
+
+
+def lsg_mask_mod(settings: LSGSettings, token_valid: Tensor, sparse_valid: Tensor | None) -> Callable:
+    """The layout as a flex `mask_mod(b, h, q, kv)`: token_valid (B, T'), sparse_valid (B, H, S) or None."""
+    bs, G = settings.block_size, settings.num_global_tokens
+    tokens = token_valid.shape[1]
+    sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
+    r, sbs = settings.sparse_per_block, settings.sparse_block_size
+
+    def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        block = q // bs
+        token = kv.clamp(max=tokens - 1)
+        visible = (kv < tokens) & ((token // bs - block).abs() <= 1) & token_valid[b, token]
+        if sparse:
+            s = kv - tokens
+            in_window = ((s >= (block - 1) * r - sbs) & (s < (block - 1) * r)) | (
+                (s >= (block + 2) * r) & (s < (block + 2) * r + sbs))
+            visible = visible | (s >= 0) & (s < sparse) & in_window & sparse_valid[b, h, s.clamp(0, sparse - 1)]
+        return visible | ((kv >= tokens + sparse) & (kv < tokens + sparse + G))
+
+    return mask_mod
+
+
+def flex_attention_kernel(query: Tensor, keys: BlockKeys, scaling: float, dropout: float, *,
+                          compiled: bool = True) -> Tensor:
+    """Kernel of "lsg_flex": query (B, H, G+T', D) -> (B, H, G+T', D); the token queries in one flex_attention
+    call, the G global queries (dense over every key) in one SDPA call.
+
+    `compiled=False` runs flex_attention eagerly (dense scores: small inputs and tests only).
+    """
+    if dropout:
+        raise ValueError("lsg_flex has no attention dropout (flex_attention has none); use attn_implementation "
+                         "'lsg' (it switches to 'lsg_fast' when dropout is active) or set the dropout to 0")
+    settings = keys.settings
+    G, B, H = settings.num_global_tokens, query.shape[0], query.shape[1]
+    tokens = query.shape[2] - G
+    out_global = attend(query[:, :, :G], keys.key, keys.value, keys.all_valid[:, None, None], scaling, 0.0)
+    parts_k, parts_v = [keys.key[:, :, G:]], [keys.value[:, :, G:]]
+    sparse_valid = None
+    if keys.sparse_key is not None:
+        margin = settings.sparse_block_size + settings.sparse_per_block  # `BlockKeys` pads S by this much
+        parts_k.append(keys.sparse_key[:, :, margin:-margin])
+        parts_v.append(keys.sparse_value[:, :, margin:-margin])
+        sparse_valid = keys.sparse_valid.expand(B, H, -1)  # (B, H, S)
+    parts_k.append(keys.key[:, :, :G])
+    parts_v.append(keys.value[:, :, :G])
+    mask_mod = lsg_mask_mod(settings, keys.all_valid[:, G:], sparse_valid)
+    sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
+    block_mask = lsg_block_mask(settings, tokens, sparse, mask_mod, query.device)
+    attention = compiled_flex_attention() if compiled else flex_attention
+    out_tokens = attention(query[:, :, G:].contiguous(), torch.cat(parts_k, 2), torch.cat(parts_v, 2),
+                           block_mask=block_mask, scale=scaling)
+    return torch.cat([out_global, out_tokens], dim=2)
+
+
+lsg_flex_attention = ATTENTION_VARIANTS.register("lsg_flex")(block_variant(
+    flex_attention_kernel, "lsg_flex_attention",
+    "LSG attention with compiled flex_attention (forward and backward on CUDA, forward only on CPU); raises "
+    "ValueError when dropout is active.",
+))

@@ -1,0 +1,261 @@
+"""The fast paths ("lsg_fast", "lsg_flex" and "lsg", which picks one) against the dense reference and the plain
+path ("lsg_blocked"): outputs, gradients, half precision, chunking, dropout, memory and whole models."""
+
+import functools
+import types
+import warnings
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_config_kwargs
+from transformers import RobertaConfig
+
+import lsg
+import lsg.fast as fast
+from lsg.attention import (
+    ATTENTION_VARIANTS,
+    build_block_keys,
+    default_variant_name,
+    lsg_blocked_attention,
+    lsg_layer,
+)
+from lsg.flex import flex_attention_kernel, lsg_block_mask, lsg_mask_mod
+from lsg.memory import PeakMemory
+from lsg.reference import reference_lsg_attention
+from lsg.selectors import SelectorInputs, select_sparse_tokens
+from lsg.settings import SPARSITY_TYPES, LSGSettings
+
+FAST = ["lsg_fast", "lsg"]
+
+
+def random_inputs(tokens: int, globals_: int, *, batch: int = 2, heads: int = 3, dim: int = 8, pad: int = 0,
+                  dtype: torch.dtype = torch.float32):
+    q, k, v = (torch.randn(batch, heads, globals_ + tokens, dim, dtype=dtype) for _ in range(3))
+    valid = torch.ones(batch, tokens, dtype=torch.bool)
+    valid[-1, tokens - pad:] = False
+    return q, k, v, valid
+
+
+def settings_for(sparsity_type: str, globals_: int = 1, block_size: int = 16) -> LSGSettings:
+    return LSGSettings(block_size=block_size, sparse_block_size=block_size, sparsity_factor=4,
+                       sparsity_type=sparsity_type, num_global_tokens=globals_)
+
+
+def run_kernel(kernel, q, k, v, valid, settings, scaling=0.3, dropout=0.0, training=False):
+    """Any token kernel inside the shared LSG layer (short rule, padding, globals, selectors)."""
+    return lsg_layer(q, k, v, valid, settings, scaling=scaling, dropout=dropout, training=training, layer_index=0,
+                     kernel=kernel)
+
+
+@pytest.mark.parametrize("variant", FAST)
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize(("tokens", "globals_"), [(7, 7), (97, 1), (130, 7), (257, 1)])
+@pytest.mark.parametrize("pad", [0, 11])
+def test_fast_matches_reference_and_plain(variant, sparsity_type, tokens, globals_, pad):
+    settings = settings_for(sparsity_type, globals_)
+    q, k, v, valid = random_inputs(tokens, globals_, pad=min(pad, tokens - 1))
+    out = ATTENTION_VARIANTS.get(variant)(q, k, v, valid, settings, scaling=0.3)
+    torch.testing.assert_close(out, reference_lsg_attention(q, k, v, valid, settings, scaling=0.3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3), atol=1e-5, rtol=0)
+
+
+CORES = {
+    "flash": None,  # the default on CPU without dropout
+    "matmul": lambda: fast.MatmulCore(0.3, 0.0, seed=0),
+}
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize(("globals_", "one_block_chunks"), [(1, False), (7, True)])
+def test_gradients_match_the_plain_path(core, sparsity_type, globals_, one_block_chunks, monkeypatch):
+    """fwd+bwd in float64: every input gradient equals autograd through the plain path, one chunk or many."""
+    if one_block_chunks:
+        monkeypatch.setattr(fast, "GATHER_BUDGET", 1)
+    settings = settings_for(sparsity_type, globals_, block_size=8)
+    q, k, v, valid = (x.double().requires_grad_() if x.is_floating_point() else x
+                      for x in random_inputs(101, globals_, pad=9))
+    make_core = CORES[core]
+    kernel = functools.partial(fast.fast_attention, core=make_core() if make_core else None)
+    weights = torch.randn(2, 3, globals_ + 101, 8, dtype=torch.float64)
+    out = run_kernel(kernel, q, k, v, valid, settings)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    plain = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3)
+    expected = torch.autograd.grad((plain * weights).sum(), (q, k, v))
+    torch.testing.assert_close(out, plain, atol=1e-12, rtol=0)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+
+def test_dropout_gradients_are_exact():
+    """With a fixed seed the dropped-out kernel is a deterministic function: its backward passes gradcheck."""
+    settings = LSGSettings(block_size=4, sparse_block_size=4, sparsity_factor=2, sparsity_type="pooling")
+    q, k, v, valid = random_inputs(20, 1, batch=1, heads=1, dim=4, pad=3, dtype=torch.float64)
+
+    def token_outputs(query, key, value):
+        sparse = select_sparse_tokens(SelectorInputs(key[:, :, 1:], value[:, :, 1:], valid, query[:, :, 1], 0.5,
+                                                     settings))
+        keys = build_block_keys(key, value, valid, sparse, settings)
+        return fast.fast_attention(query, keys, 0.5, 0.3, core=fast.MatmulCore(0.5, 0.3, seed=7))
+
+    assert torch.autograd.gradcheck(token_outputs, tuple(x.requires_grad_() for x in (q, k, v)))
+
+
+def test_dropout_is_seeded_by_the_global_rng_and_off_in_eval():
+    settings = settings_for("norm")
+    q, k, v, valid = random_inputs(200, 1)
+    evaluation = lsg.lsg_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=False)
+    torch.testing.assert_close(evaluation, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3))
+    torch.manual_seed(3)
+    first = lsg.lsg_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=True)
+    torch.manual_seed(3)
+    again = lsg.lsg_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=True)
+    assert torch.equal(first, again) and not torch.allclose(first, evaluation)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_half_precision_error_within_twice_plain_low_precision(dtype, sparsity_type):
+    """I11 for the fast path: its error in bf16/fp16 is at most ~2x a plain low-precision implementation's."""
+    settings = settings_for(sparsity_type)
+    q, k, v, valid = random_inputs(150, 1, heads=2, dim=16, pad=20)
+    valid[0] = False  # a fully padded row must still give finite outputs
+    truth = reference_lsg_attention(q, k, v, valid, settings, scaling=0.25)
+    low = [x.to(dtype) for x in (q, k, v)]
+    out = fast.lsg_fast_attention(*low, valid, settings, scaling=0.25)
+    plain = reference_lsg_attention(*low, valid, settings, scaling=0.25, compute_dtype=dtype)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    error = (out.double() - truth.double()).abs().max()
+    assert error <= 2 * (plain.double() - truth.double()).abs().max() + 1e-3
+
+
+def test_bf16_gradients_are_close_to_fp32():
+    settings = settings_for("norm")
+    q, k, v, valid = random_inputs(200, 1, pad=13)
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+        fast.lsg_fast_attention(*inputs, valid, settings, scaling=0.3).float().pow(2).sum().backward()
+        grads[dtype] = [x.grad.float() for x in inputs]
+    for low, high in zip(grads[torch.bfloat16], grads[torch.float32], strict=True):
+        assert (low - high).abs().max() <= 0.05 * high.abs().max()
+
+
+def test_fast_path_keeps_less_memory_than_the_plain_one(monkeypatch):
+    """The plain path keeps every block's gathered keys for backward; the fast one only the chunk it works on."""
+    monkeypatch.setattr(fast, "GATHER_BUDGET", 2**16)  # several chunks at this small size, as at 4096+ tokens
+    settings = LSGSettings(block_size=64, sparse_block_size=64, sparsity_factor=4, sparsity_type="norm")
+    q, k, v, valid = (x.requires_grad_() if x.is_floating_point() else x
+                      for x in random_inputs(2048, 1, batch=1, heads=4, dim=32))
+    peaks = {}
+    for name in ("lsg_fast", "lsg_blocked"):
+        with PeakMemory() as memory:
+            ATTENTION_VARIANTS.get(name)(q, k, v, valid, settings, scaling=0.2).sum().backward()
+        peaks[name] = memory.peak_bytes
+    assert peaks["lsg_fast"] < 0.6 * peaks["lsg_blocked"], peaks
+
+
+def test_lsg_picks_flex_on_cuda_and_fast_elsewhere():
+    cpu, cuda = torch.zeros(1), types.SimpleNamespace(is_cuda=True)
+    assert default_variant_name(cpu, dropout=0.0, training=True) == "lsg_fast"
+    assert default_variant_name(cuda, dropout=0.1, training=False) == "lsg_flex"
+    assert default_variant_name(cuda, dropout=0.1, training=True) == "lsg_fast"  # flex_attention has no dropout
+
+
+# --- flex_attention ------------------------------------------------------------------------------------------
+
+eager_flex = functools.partial(flex_attention_kernel, compiled=False)
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize(("tokens", "globals_", "block_size"), [(97, 1, 16), (300, 7, 16), (301, 1, 24)])
+def test_eager_flex_matches_the_plain_path(sparsity_type, tokens, globals_, block_size):
+    settings = settings_for(sparsity_type, globals_, block_size)
+    q, k, v, valid = random_inputs(tokens, globals_, pad=13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uncompiled flex warns that it materialises the scores
+        out = run_kernel(eager_flex, q, k, v, valid, settings)
+    torch.testing.assert_close(out, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("tokens", "block_size", "sparse_block_size", "factor"),
+                         [(512, 16, 16, 4), (1024, 128, 128, 4), (1200, 200, 64, 8), (768, 256, 0, 4)])
+def test_flex_block_mask_covers_every_visible_pair(tokens, block_size, sparse_block_size, factor):
+    """Every (query, key) pair the mask_mod allows lies in a tile the block mask keeps, and tiles are skipped."""
+    settings = LSGSettings(block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=factor,
+                           sparsity_type="pooling" if sparse_block_size else None, num_global_tokens=3)
+    sparse = tokens // factor if settings.sparse_enabled else 0
+    valid = torch.ones(1, tokens, dtype=torch.bool)
+    sparse_valid = torch.ones(1, 1, sparse, dtype=torch.bool) if sparse else None
+    mask_mod = lsg_mask_mod(settings, valid, sparse_valid)
+    keys = tokens + sparse + 3
+    q_index, k_index = torch.arange(tokens)[:, None], torch.arange(keys)[None]
+    dense = mask_mod(torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long), q_index, k_index)
+    tiles = lsg_block_mask(settings, tokens, sparse, mask_mod, torch.device("cpu")).to_dense()[0, 0].bool()
+    tile = 128
+    expanded = tiles.repeat_interleave(tile, 0).repeat_interleave(tile, 1)[:tokens, :keys]
+    assert not (dense & ~expanded).any(), "a visible pair falls in a skipped tile"
+    assert dense.sum(1).max() <= settings.keys_per_query()
+    if tokens >= 1024:
+        assert tiles.float().mean() < 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sparsity_type", ["norm", "none"])
+def test_compiled_flex_forward_matches_the_plain_path(sparsity_type):
+    """The registered "lsg_flex" (compiled flex_attention; forward only on CPU) on a realistic block size."""
+    settings = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type=sparsity_type,
+                           num_global_tokens=2)
+    q, k, v, valid = random_inputs(1000, 2, heads=4, dim=32, pad=77)
+    out = ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.2)
+    torch.testing.assert_close(out, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.2), atol=1e-5, rtol=0)
+
+
+def test_flex_refuses_dropout():
+    settings = settings_for("norm")
+    q, k, v, valid = random_inputs(100, 1)
+    with pytest.raises(ValueError, match="dropout"):
+        ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.3, dropout=0.1, training=True)
+
+
+# --- whole models ----------------------------------------------------------------------------------------------
+
+def tiny_lsg_roberta(sparsity_type: str):
+    config = RobertaConfig(**tiny_config_kwargs(max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                                eos_token_id=2, type_vocab_size=1))
+    model = transformers.RobertaForMaskedLM(config).eval()
+    return lsg.convert(model, max_length=200, block_size=8, sparse_block_size=8, sparsity_factor=2,
+                       sparsity_type=sparsity_type, num_global_tokens=2, bos_token_id=0, mask_token_id=4)
+
+
+@pytest.mark.parametrize("sparsity_type", ["norm", "bos_pooling", "none"])
+def test_converted_model_gives_the_same_outputs_and_gradients_on_every_path(sparsity_type):
+    model = tiny_lsg_roberta(sparsity_type)
+    ids = torch.randint(5, 99, (2, 150))
+    mask = torch.ones_like(ids)
+    mask[1, 140:] = 0
+    results = {}
+    for name in ("lsg", "lsg_fast", "lsg_blocked", "lsg_reference"):
+        model.set_attn_implementation(name)
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits.pow(2).mean().backward()
+        grad = model.roberta.encoder.layer[0].attention.self.query.weight.grad.clone()
+        results[name] = (logits.detach(), grad)
+    for name in ("lsg", "lsg_fast", "lsg_reference"):
+        torch.testing.assert_close(results[name][0], results["lsg_blocked"][0], atol=2e-5, rtol=0)
+    for name in ("lsg", "lsg_fast"):
+        torch.testing.assert_close(results[name][1], results["lsg_blocked"][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_converted_model_under_lsg_flex_matches():
+    model = tiny_lsg_roberta("norm")
+    ids = torch.randint(5, 99, (2, 150))
+    with torch.no_grad():
+        model.set_attn_implementation("lsg_blocked")
+        plain = model(input_ids=ids).logits
+        model.set_attn_implementation("lsg_flex")
+        flex = model(input_ids=ids).logits
+    torch.testing.assert_close(flex, plain, atol=2e-5, rtol=0)
