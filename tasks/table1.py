@@ -49,7 +49,7 @@ from transformers import (
 
 import lsg
 from lsg import baselines
-from tasks.data import build_wiki_mlm
+from tasks.data import FILE_FORMATS, build_wiki_mlm
 from tasks.metrics import mlm_scores
 from tasks.mlm import EVAL_MASK_SEED, blocks
 from tasks.pretrain import PretrainConfig, pretrain
@@ -79,7 +79,7 @@ class Scale:
 SCALES = {
     "smoke": Scale("smoke", lengths=(128, 1024, 2048), eval_tokens=40_000, batch_size=8, corpus="wiki"),
     "paper": Scale("paper", lengths=(512, 4096), eval_tokens=2_000_000, batch_size=4,
-                   corpus="wikipedia:20220301.en"),
+                   corpus="wikimedia/wikipedia:20231101.en"),
 }
 
 
@@ -136,10 +136,17 @@ def rows_for(base_length: int) -> list[Row]:
 
 def evaluation_texts(scale: Scale) -> list[str]:
     """Held-out text, about `scale.eval_tokens` words: the Wikipedia extracts' validation+test splits (smoke),
-    else the first documents of a hub corpus stream (the paper's "random sample")."""
+    else the first documents of a local json/csv/parquet file or of a hub corpus stream (the paper used a
+    random sample of Wikipedia + BookCorpus + CC-News that is not published; English Wikipedia stands in)."""
     if scale.corpus == "wiki":
         splits = build_wiki_mlm()
         source = iter(list(splits["validation"]["text"]) + list(splits["test"]["text"]))
+    elif Path(scale.corpus).is_file():
+        suffix = Path(scale.corpus).suffix
+        if suffix not in FILE_FORMATS:
+            raise ValueError(f"--corpus={scale.corpus!r}: a local corpus must end in one of {sorted(FILE_FORMATS)}")
+        data = datasets.load_dataset(FILE_FORMATS[suffix], data_files=scale.corpus, split="train", streaming=True)
+        source = (record[scale.corpus_field] for record in data)
     else:
         name, _, config = scale.corpus.partition(":")
         try:

@@ -117,6 +117,17 @@ def test_seq2seq_bart_on_aclsum(configure, tiny_bart):
     check_run(run(cfg), cfg, "rougeL")
 
 
+def test_seq2seq_lsg_bart_on_aclsum(configure, tiny_bart):
+    """model=lsg_bart: the BART encoder converted on the fly (positions tiled 256 -> 1024), decoder unchanged."""
+    cfg = configure("task=aclsum", "model=lsg_bart", f"model.checkpoint={tiny_bart}", "model.max_length=1024",
+                    "model.lsg.block_size=32", "task.generation.num_beams=2", "task.generation.max_target_length=8")
+    record = run(cfg)
+    check_run(record, cfg, "rougeLsum")
+    assert record["attention"] == "lsg" and record["max_length"] == 1024
+    saved = json.loads((Path(cfg.run_dir) / "final" / "config.json").read_text())
+    assert saved["model_type"] == "lsg_bart" and saved["max_position_embeddings"] == 1024  # offset 2 is inside
+
+
 class Kill(TrainerCallback):
     """Stops training with an exception after `step` optimizer steps, as a killed job would."""
 

@@ -76,3 +76,15 @@ def test_bad_arguments_are_named():
         table1.main(["--rows", "nope"])
     with pytest.raises(ValueError, match="--lengths"):
         table1.main(["--lengths", "0"])
+
+
+def test_local_corpus_file_replaces_the_hub(tmp_path: Path):
+    corpus = tmp_path / "sample.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"document {i} " + "word " * 40}) for i in range(10)))
+    scale = table1.Scale("paper", lengths=(512, 4096), eval_tokens=100, batch_size=1, corpus=str(corpus))
+    texts = table1.evaluation_texts(scale)
+    assert texts[0].startswith("document 0 ") and len(texts) == 3  # stops once 100 words are collected
+    bad = tmp_path / "sample.txt"
+    bad.write_text("x")
+    with pytest.raises(ValueError, match="--corpus"):
+        table1.evaluation_texts(table1.Scale("paper", lengths=(512,), eval_tokens=1, batch_size=1, corpus=str(bad)))
