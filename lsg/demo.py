@@ -1,4 +1,4 @@
-"""`python -m lsg.demo` (`make run`): the real MiniLM checkpoint reads a 4,096-token BBC article.
+"""`python -m lsg.demo` (`make demo`): the real MiniLM checkpoint reads a 4,096-token BBC article.
 
 Converts all-MiniLM-L6-v2 (512 positions) to LSG attention (paper §3, spec §2), runs it on the longest
 BBC News article, and prints a short report that can be checked by eye:

@@ -56,8 +56,11 @@ def test_sweep_writes_records_resumes_and_reports(pretrained: Path, tmp_path: Pa
     stamp = metrics.stat().st_mtime_ns
     again = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
     assert metrics.stat().st_mtime_ns == stamp and again == records
-    table = table1.table_markdown(records, scale)
+    check = json.loads((tmp_path / "order_check.json").read_text())
+    assert check["length"] == 32 and check["bpc"] > 0 and check["bpc_context_shuffled"] > 0
+    table = table1.table_markdown(records, scale, check)
     assert "| LSG-Norm (8/2) |" in table and "1.919" in table  # ours beside the paper's LSG-Norm 512 BPC
+    assert "Word-order check" in table
 
 
 def test_full_attention_row_equals_the_base_model_at_its_own_length(pretrained: Path):
@@ -88,3 +91,15 @@ def test_local_corpus_file_replaces_the_hub(tmp_path: Path):
     bad.write_text("x")
     with pytest.raises(ValueError, match="--corpus"):
         table1.evaluation_texts(table1.Scale("paper", lengths=(512,), eval_tokens=1, batch_size=1, corpus=str(bad)))
+
+
+def test_shuffled_context_permutes_only_the_visible_tokens():
+    tokenizer = byte_bpe_tokenizer()
+    data = table1.masked_blocks(["one two three four five six seven eight nine ten " * 20], tokenizer, 64)
+    shuffled = table1.shuffled_context(data, tokenizer)["input_ids"]
+    original = data["input_ids"]
+    fixed = (data["labels"] != -100) | torch.isin(original, torch.tensor(tokenizer.all_special_ids))
+    assert torch.equal(shuffled[fixed], original[fixed])
+    assert not torch.equal(shuffled, original)
+    for before, after in zip(original, shuffled, strict=True):
+        assert sorted(before.tolist()) == sorted(after.tolist())
