@@ -3,6 +3,10 @@
     python -m tasks.table1 --scale smoke    # make table1 scale=smoke: offline, 2 CPU cores, < 30 min
     python -m tasks.table1 --scale paper    # make table1 scale=paper: roberta-base, hub corpus, GPU(s)
 
+At smoke scale the base model is trained here first (`tasks.pretrain`, reused when present): by default the
+real all-MiniLM-L6-v2 encoder cut to 128 positions under an MLM head trained on the Wikipedia extracts
+(`--start scratch`: a small RoBERTa from random weights, written to `runs/table1/smoke-scratch`).
+
 Every row starts from the same pretrained weights. Rows longer than the model's own length get its position
 table tiled (the paper's "duplicated 8 times"); then the row's attention is put in: SDPA ("RoBERTa (full)"),
 a Table 1 variant through `lsg.baselines.swap_attention`, transformers' Longformer/BigBird with the weights
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import logging
 import re
@@ -52,7 +57,7 @@ from lsg import baselines
 from tasks.data import FILE_FORMATS, build_wiki_mlm
 from tasks.metrics import mlm_scores
 from tasks.mlm import EVAL_MASK_SEED, blocks
-from tasks.pretrain import PretrainConfig, pretrain
+from tasks.pretrain import MINILM_MLM, STARTS, PretrainConfig, pretrain
 from tasks.report import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -216,22 +221,26 @@ def score(model: PreTrainedModel, data: dict[str, torch.Tensor], batch_size: int
     return mlm_scores(torch.cat(losses).numpy(), torch.cat(predictions).numpy(), torch.cat(labels).numpy())
 
 
-def base_model(scale: Scale, out: Path, checkpoint: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """roberta-base (paper scale, or --checkpoint), or the small RoBERTa pretrained here (smoke scale)."""
+def base_model(scale: Scale, out: Path, checkpoint: str | None,
+               start: str = "minilm") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """roberta-base (paper scale), --checkpoint, or at smoke scale the MLM trained here from `start`
+    (`tasks.pretrain`: MiniLM's encoder with a trained head, or a small RoBERTa from scratch)."""
     if checkpoint is None and scale.name == "smoke":
-        checkpoint = str(pretrain(out / "pretrained-roberta-small", PretrainConfig(length=scale.base_length)))
+        preset = MINILM_MLM if start == "minilm" else PretrainConfig(start=start)
+        config = dataclasses.replace(preset, length=scale.base_length)
+        checkpoint = str(pretrain(out / f"mlm-{start}-{scale.base_length}", config))
     checkpoint = checkpoint or "FacebookAI/roberta-base"
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     return AutoModelForMaskedLM.from_pretrained(checkpoint).eval(), tokenizer
 
 
-def run(scale: Scale, out: Path, *, checkpoint: str | None = None, force: bool = False,
+def run(scale: Scale, out: Path, *, checkpoint: str | None = None, start: str = "minilm", force: bool = False,
         rows: list[str] | None = None) -> list[dict[str, Any]]:
     """Score every row at every length, writing one metrics.json each (existing ones are kept unless force)."""
-    model, tokenizer = base_model(scale, out, checkpoint)
-    if model.config.max_position_embeddings - 2 != scale.base_length:
-        log.warning("the base model reads %d tokens, the scale assumes %d", model.config.max_position_embeddings - 2,
-                    scale.base_length)
+    model, tokenizer = base_model(scale, out, checkpoint, start)
+    own = model.config.max_position_embeddings - lsg.families.family_of(model.config).saved_position_offset
+    if own != scale.base_length:
+        log.warning("the base model reads %d tokens, the scale assumes %d", own, scale.base_length)
     selected = [row for row in rows_for(scale.base_length) if not rows or row.slug in rows]
     texts = evaluation_texts(scale)
     check = order_check(model, tokenizer, texts, scale, out / "order_check.json")
@@ -279,7 +288,8 @@ def table_markdown(records: list[dict[str, Any]], scale: Scale, check: dict[str,
     short, long = scale.lengths[0], scale.lengths[1]
     header = ["attention"] + [f"ours {n} {m}" for n in scale.lengths for m in ("BPC", "Acc")]
     header += ["paper 512 BPC", "paper 512 Acc", "paper 4096 BPC", "paper 4096 Acc"]
-    lines = [f"Table 1 at {scale.name} scale: ours at {short} (the base model's length), {long} (8x) and the "
+    base = records[0]["checkpoint"] if records else "?"
+    lines = [f"Table 1 at {scale.name} scale, base model `{base}`: ours at {short} (its length), {long} (8x) and the "
              "other lengths, beside the paper's 512 and 4096 (RoBERTa-base). BPC = bits per masked token, lower "
              "is better; Acc = masked-token accuracy.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -328,6 +338,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=sorted(SCALES), default="smoke")
     p.add_argument("--out", type=Path, default=None, help="default: runs/table1/<scale>")
     p.add_argument("--checkpoint", default=None, help="base MLM (hub id or local dir); default per scale")
+    p.add_argument("--start", choices=STARTS, default="minilm",
+                   help="smoke scale without --checkpoint: the MLM trained here starts from MiniLM or from scratch")
     p.add_argument("--corpus", default=None, help="hub dataset id[:config] or local json/csv/parquet file")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="default per scale (first = base length)")
     p.add_argument("--rows", nargs="+", default=None, help="row slugs to run (default: all)")
@@ -347,9 +359,10 @@ def main(argv: list[str] | None = None) -> Path:
     known = {row.slug for row in rows_for(scale.base_length)}
     if args.rows and not set(args.rows) <= known:
         raise ValueError(f"--rows {sorted(set(args.rows) - known)} unknown; rows: {sorted(known)}")
-    out = args.out or Path("runs") / "table1" / scale.name
+    default = scale.name if args.start == "minilm" or args.checkpoint else f"{scale.name}-{args.start}"
+    out = args.out or Path("runs") / "table1" / default
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    records = run(scale, out, checkpoint=args.checkpoint, force=args.force, rows=args.rows)
+    records = run(scale, out, checkpoint=args.checkpoint, start=args.start, force=args.force, rows=args.rows)
     table = table_markdown(records, scale, yaml.safe_load((out / "order_check.json").read_text()))
     (out / "table.md").write_text(table)
     plot(records, out / "bpc_vs_length.png")

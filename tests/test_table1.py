@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lsg.assets import minilm_dir
 from tasks import table1
-from tasks.pretrain import PretrainConfig, byte_bpe_tokenizer, pretrain
+from tasks.pretrain import PretrainConfig, _minilm_model, byte_bpe_tokenizer, pretrain
 
 TINY = PretrainConfig(length=32, hidden_size=32, layers=2, heads=2, intermediate_size=64, steps=3, batch_size=4,
                       warmup_steps=1)
@@ -103,3 +104,30 @@ def test_shuffled_context_permutes_only_the_visible_tokens():
     assert not torch.equal(shuffled, original)
     for before, after in zip(original, shuffled, strict=True):
         assert sorted(before.tolist()) == sorted(after.tolist())
+
+
+def test_minilm_start_is_the_real_encoder_cut_to_its_first_positions():
+    from transformers import BertModel
+
+    original = BertModel.from_pretrained(minilm_dir(), add_pooling_layer=False).eval()
+    cut = _minilm_model(32).eval()
+    assert cut.config.max_position_embeddings == 32
+    ids = torch.randint(1000, 2000, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(cut.bert(input_ids=ids).last_hidden_state, original(input_ids=ids).last_hidden_state)
+    assert cut.cls.predictions.decoder.weight.data_ptr() == cut.bert.embeddings.word_embeddings.weight.data_ptr()
+    with pytest.raises(ValueError, match="length=600"):
+        _minilm_model(600)
+
+
+def test_minilm_mlm_training_keeps_the_vocabulary_fixed(tmp_path: Path):
+    from transformers import AutoModelForMaskedLM, BertModel
+
+    out = pretrain(tmp_path / "mlm", PretrainConfig(start="minilm", length=32, steps=2, batch_size=2))
+    trained = AutoModelForMaskedLM.from_pretrained(out)
+    original = BertModel.from_pretrained(minilm_dir())
+    assert torch.equal(trained.bert.embeddings.word_embeddings.weight, original.embeddings.word_embeddings.weight)
+    assert not torch.equal(trained.bert.encoder.layer[0].attention.self.query.weight,
+                           original.encoder.layer[0].attention.self.query.weight)
+    with pytest.raises(ValueError, match="start="):
+        PretrainConfig(start="bert")
