@@ -318,10 +318,11 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label in dict.fromkeys(r["model"] for r in records):
+    for index, label in enumerate(dict.fromkeys(r["model"] for r in records)):
         points = sorted((r["max_length"], r["metrics"]["bpc"]) for r in records if r["model"] == label)
         style = "-" if label.startswith("LSG") else "--"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label,
+                color=plt.cm.tab20(index % 20))  # 14 rows: the default 10-colour cycle would repeat
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluated length (tokens)")
     ax.set_ylabel("BPC (bits per masked token, lower is better)")
