@@ -40,7 +40,7 @@ run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncate
 demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
 	$(PY) -m lsg.demo
 
-bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/bench/*.json + .png (BENCH_ARGS=--quick: ~2 min)
+bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/bench/*.json + .png (BENCH_ARGS=--quick: ~30 s)
 	$(PY) -m lsg.bench $(BENCH_ARGS)
 
 scale ?= smoke
