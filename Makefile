@@ -40,6 +40,11 @@ run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncate
 demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
 	$(PY) -m lsg.demo
 
+# glibc returns every freed buffer above its mmap threshold to the OS, so each step page-faults its large activations
+# afresh: at 16K tokens that made elementwise ops of the dense layers (every system's) ~10x slower per element than at
+# 4K. Keeping up to 4 GiB of freed memory in the heap removes it, the usual CPU-training advice (jemalloc/tcmalloc).
+bench: export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
+bench: export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/bench/*.json + .png (BENCH_ARGS=--quick: ~30 s)
 	$(PY) -m lsg.bench $(BENCH_ARGS)
 

@@ -88,6 +88,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "hostname": platform.node(),
+        # glibc allocator settings change CPU timings at 16K tokens (page faults on fresh buffers): recorded
+        "malloc_env": {name: os.environ.get(name) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")},
     }
 
 
