@@ -57,7 +57,7 @@ def test_sweep_writes_records_resumes_and_reports(pretrained: Path, tmp_path: Pa
     stamp = metrics.stat().st_mtime_ns
     again = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
     assert metrics.stat().st_mtime_ns == stamp and again == records
-    check = json.loads((tmp_path / "order_check.json").read_text())
+    check = json.loads((tmp_path / table1.ORDER_CHECK).read_text())
     assert check["length"] == 32 and check["bpc"] > 0 and check["bpc_context_shuffled"] > 0
     table = table1.table_markdown(records, scale, check)
     assert "| LSG-Norm (8/2) |" in table and "1.919" in table  # ours beside the paper's LSG-Norm 512 BPC
