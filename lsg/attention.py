@@ -14,8 +14,8 @@ Layout for one layer, T real tokens after G global tokens (q, k, v: (B, H, G+T, 
 Every query row always sees the G >= 1 global keys, which are never masked, so no softmax row is
 empty: fully padded queries give finite outputs in every dtype. Masks are booleans end to end.
 
-`lsg_layer` does what every kernel shares (short rule, padding, sparse selection, `BlockKeys`); the
-kernels differ only in how they attend. Registered variants:
+`lsg_layer` does what every kernel shares (short rule, padding, `KeyLayout`, from which a kernel builds its
+`BlockKeys`); the kernels differ only in how they attend. Registered variants:
 
 * "lsg": the default `attn_implementation`; runs the fastest correct kernel for the device
   (`default_variant_name`): "lsg_flex" on CUDA, "lsg_fast" elsewhere and whenever dropout is active.
@@ -218,19 +218,52 @@ def build_block_keys(
     )
 
 
-# A block kernel computes the outputs of all queries (B, H, G+T', D) from the (padded) queries and their
-# `BlockKeys`, with the scaling and the dropout (already 0.0 outside training).
-BlockKernel = Callable[[Tensor, BlockKeys, float, float], Tensor]
+@dataclass(frozen=True)
+class KeyLayout:
+    """What a kernel needs, besides the padded query/key/value, to build the keys of every query.
+
+    Kernels call `block_keys` themselves (rather than receiving `BlockKeys`) so that one which recomputes
+    instead of keeping its inputs (`lsg.fast`) can run the sparse selection again in its backward pass.
+
+    Attributes:
+        valid: (B, T') validity of the token keys (padding and `mask_first_token` applied).
+        settings, scaling, layer_index, training: as `AttentionVariant`; the selectors read them.
+    """
+
+    valid: Tensor
+    settings: LSGSettings
+    scaling: float
+    layer_index: int
+    training: bool
+
+    def sparse_tokens(self, query: Tensor, key: Tensor, value: Tensor) -> SparseTokens | None:
+        """The selector's sparse tokens of the padded (B, H, G+T', D) inputs, or None without sparse keys."""
+        if not self.settings.sparse_enabled:
+            return None
+        G = self.settings.num_global_tokens
+        return select_sparse_tokens(SelectorInputs(
+            key[:, :, G:], value[:, :, G:], self.valid, query[:, :, G], self.scaling, self.settings,
+            self.layer_index, self.training,
+        ))
+
+    def block_keys(self, query: Tensor, key: Tensor, value: Tensor) -> BlockKeys:
+        """`BlockKeys` of the padded (B, H, G+T', D) inputs: runs the sparse selection."""
+        return build_block_keys(key, value, self.valid, self.sparse_tokens(query, key, value), self.settings)
+
+
+# A block kernel computes the outputs of all queries (B, H, G+T', D) from the padded query, key and value, their
+# `KeyLayout` (which also holds the scaling) and the dropout (already 0.0 outside training).
+BlockKernel = Callable[[Tensor, Tensor, Tensor, KeyLayout, float], Tensor]
 
 
 def lsg_layer(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float, training: bool, layer_index: int, kernel: BlockKernel,
 ) -> Tensor:
-    """The part of LSG attention every kernel shares: short rule, padding, sparse selection.
+    """The part of LSG attention every kernel shares: short rule, padding, the `KeyLayout`.
 
-    Sequences longer than 2*bs go to `kernel(query, block_keys, scaling, dropout)` with the queries padded
-    to (B, H, G+T', D). Shapes otherwise as `AttentionVariant`.
+    Sequences longer than 2*bs go to `kernel(query, key, value, layout, dropout)`, padded to (B, H, G+T', D);
+    the kernel runs the sparse selection through `layout`. Shapes otherwise as `AttentionVariant`.
     """
     B, H, total, D = query.shape
     G, bs = settings.num_global_tokens, settings.block_size
@@ -244,22 +277,17 @@ def lsg_layer(
     padded = padded_length(T, settings)
     query, key, value = (_pad_length(x, G + padded, dim=2) for x in (query, key, value))
     valid = _pad_length(valid, padded, dim=1, value=False)
-    sparse = None
-    if settings.sparse_enabled:
-        sparse = select_sparse_tokens(
-            SelectorInputs(key[:, :, G:], value[:, :, G:], valid, query[:, :, G], scaling, settings, layer_index,
-                           training)
-        )
-    out = kernel(query, build_block_keys(key, value, valid, sparse, settings), scaling, dropout)
-    return out[:, :, : G + T]
+    layout = KeyLayout(valid, settings, scaling, layer_index, training)
+    return kernel(query, key, value, layout, dropout)[:, :, : G + T]
 
 
-def gathered_attention(query: Tensor, keys: BlockKeys, scaling: float, dropout: float) -> Tensor:
+def gathered_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float) -> Tensor:
     """Plain kernel: SDPA for the global queries, then every block's K keys gathered at once and one masked
-    SDPA call for the token queries. query (B, H, G+T', D) -> (B, H, G+T', D)."""
+    SDPA call for the token queries. query/key/value (B, H, G+T', D) -> (B, H, G+T', D)."""
+    keys = layout.block_keys(query, key, value)
     B, H, total, D = query.shape
-    G, bs, N = keys.settings.num_global_tokens, keys.settings.block_size, keys.blocks
-    out_global = attend(query[:, :, :G], keys.key, keys.value, keys.all_valid[:, None, None], scaling, dropout)
+    G, bs, N, scaling = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks, layout.scaling
+    out_global = attend(query[:, :, :G], key, value, keys.all_valid[:, None, None], scaling, dropout)
     key, value = keys.gather(0, N)  # (B, H, N, K, D)
     K = key.shape[3]
     # SDPA's fused CPU/GPU kernels take 4-D inputs: fold (H, N) into one batch dimension.

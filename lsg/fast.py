@@ -7,7 +7,9 @@ custom autograd function walks over chunks of a few blocks (sized by `GATHER_BUD
 sequence, never one block at a time). For each chunk it gathers the K keys of its blocks (globals, sparse
 windows and local windows together) and makes one fused attention call; it keeps only the output and the
 row log-sum-exp, and gathers the chunk again in the backward pass, as FlashAttention recomputes its scores.
-The gradients of the gathered keys are added back into their sources (`_scatter_block_grads`).
+The gradients of the gathered keys are added back into their sources (`_scatter_block_grads`). The sparse
+keys and values are not kept either: the backward pass runs the selector again, so the step holds no more
+activations than full attention with SDPA (`make bench` measures both).
 
 Two interchangeable cores do a chunk's attention:
 
@@ -20,21 +22,24 @@ Two interchangeable cores do a chunk's attention:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from lsg.attention import ATTENTION_VARIANTS, BlockKeys, block_variant, sparse_window_index
-from lsg.settings import LSGSettings
+from lsg.attention import ATTENTION_VARIANTS, BlockKeys, KeyLayout, block_variant, sparse_window_index
 
-# Gathered key elements per chunk: 2**22 fp32 elements (16 MiB; 8 blocks of RoBERTa-base at the defaults, so 4
+# Gathered key elements per chunk: 2**21 fp32 elements (8 MiB; 4 blocks of RoBERTa-base at the defaults, so 8
 # chunks at 4096 tokens). A chunk's backward holds about eight chunk-sized temporaries (gathered K/V, their
-# gradients, the fused kernel's own gradient buffers), which made 2**23 the step's memory peak: 2**22 lowers it
-# by 96 MiB at 4096 tokens (2 RoBERTa-base layers) with no measurable change in time at 4096 or 16384 (2 cores,
-# torch 2.13; the fused CPU kernels cost ~30 ms per call, so much smaller chunks would be slower). The
-# temporaries of a chunk stay a fixed size, so memory stays linear in the length.
-GATHER_BUDGET = 2**22
+# gradients, the fused kernel's own gradient buffers). With 2**22 they were the step's memory peak at 4096 tokens
+# (2 RoBERTa-base layers, +18 MiB over the peak of the dense layers' backward); with 2**21 they stay under it, in
+# the same time at 4096 and 16384 (2 cores, torch 2.13; the fused CPU kernels cost ~30 ms per call, so much
+# smaller chunks would be slower). The temporaries of a chunk stay a fixed size, so memory stays linear in the
+# length.
+GATHER_BUDGET = 2**21
 
 
 def chunk_ranges(blocks: int, elements_per_block: int) -> list[tuple[int, int]]:
@@ -73,8 +78,11 @@ class FlashCore:
     def __init__(self, scaling: float) -> None:
         self.scaling = scaling
 
-    def _bias(self, visible: Tensor, heads: int, dtype: torch.dtype) -> Tensor:
-        # The kernel takes an additive mask (B, H*n, 1, K); -inf is safe since every row sees a global key.
+    def _bias(self, visible: Tensor, heads: int, dtype: torch.dtype) -> Tensor | None:
+        # No mask when every key is visible (inside unpadded documents), which the kernel runs faster. Else an
+        # additive mask (B, H*n, 1, K); -inf is safe since every row sees a global key.
+        if bool(visible.all()):
+            return None
         bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
         B, _, n, K = visible.shape
         return bias.expand(B, heads, n, K).reshape(B, heads * n, 1, K)
@@ -149,7 +157,7 @@ def _scatter_block_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_spars
     adjoint of `BlockKeys.gather`."""
     settings = keys.settings
     G, bs, N = settings.num_global_tokens, settings.block_size, keys.blocks
-    into[:, :, :G] += grad[:, :, :, :G].sum(2)
+    into[:, :, :G].add_(grad[:, :, :, :G].sum(2))  # add_ on the view: `x[i] += y` would copy x[i] back into x
     if into_sparse is not None:
         width = 2 * settings.sparse_block_size
         index = sparse_window_index(N, settings, grad.device)[start:stop].flatten()
@@ -160,76 +168,110 @@ def _scatter_block_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_spars
         low, high = max(start, 1 - offset), min(stop, N + 1 - offset)  # blocks j whose j-1+offset exists
         if low < high:
             columns = slice(G + offset * bs, G + (offset + 1) * bs)
-            blocks[:, :, low - 1 + offset : high - 1 + offset] += grad[:, :, low - start : high - start, columns]
+            blocks[:, :, low - 1 + offset : high - 1 + offset].add_(grad[:, :, low - start : high - start, columns])
+
+
+@dataclass(frozen=True)
+class _RngState:
+    """The RNG state a sparse selection starts from, so the backward pass selects the same tokens again
+    (LSH draws its hyperplanes from the global RNG in training)."""
+
+    device: torch.device
+    state: Tensor
+
+    @classmethod
+    def capture(cls, device: torch.device) -> _RngState:
+        state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        return cls(device, state)
+
+    @contextmanager
+    def restored(self) -> Iterator[None]:
+        """Run the block from the captured state, leaving the RNG as it was afterwards."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            if cuda:
+                torch.cuda.set_rng_state(self.state, self.device)
+            else:
+                torch.set_rng_state(self.state)
+            yield
 
 
 class _BlockedAttention(torch.autograd.Function):
-    """LSG attention of all queries over `BlockKeys`, chunk by chunk, with recomputation (module docstring).
+    """LSG attention of all queries over their `BlockKeys`, chunk by chunk, with recomputation (module docstring).
 
     The global queries are one more chunk whose window is the whole sequence; chunk ids (0 for the globals,
-    1.. for token chunks) number the dropout masks.
+    1.. for token chunks) number the dropout masks. The sparse selection runs inside the function, so its keys
+    and values are not kept for the backward pass: it selects them again there, from the same RNG state, and
+    sends their gradients back through the selector with autograd.
     """
 
     @staticmethod
-    def forward(ctx: Any, query: Tensor, key: Tensor, value: Tensor, sparse_key: Tensor | None,
-                sparse_value: Tensor | None, visible: Tensor, all_valid: Tensor, settings: LSGSettings,
-                core: ChunkCore) -> Tensor:
-        keys = BlockKeys(key, value, sparse_key, sparse_value, visible, all_valid, settings)
+    def forward(ctx: Any, query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, core: ChunkCore) -> Tensor:
+        rng = _RngState.capture(query.device)
+        keys = layout.block_keys(query, key, value)
         B, H, _, D = query.shape
-        G, bs, N = settings.num_global_tokens, settings.block_size, keys.blocks
+        G, bs, N = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks
         out = torch.empty_like(query)
         out_global, lse_global = core.forward(query[:, :, None, :G], key[:, :, None], value[:, :, None],
-                                              all_valid[:, None, None], 0)
+                                              keys.all_valid[:, None, None], 0)
         out[:, :, :G] = out_global[:, :, 0]
         lse = query.new_empty(B, H, N, bs, dtype=_softmax_dtype(query))
-        ranges = chunk_ranges(N, B * H * visible.shape[-1] * D)
+        ranges = chunk_ranges(N, B * H * keys.visible.shape[-1] * D)
         blocks_q, blocks_out = keys.token_blocks(query), keys.token_blocks(out)  # (B, H, N, bs, D) views
         for chunk, (start, stop) in enumerate(ranges, start=1):
             chunk_key, chunk_value = keys.gather(start, stop)  # (B, H, n, K, D)
             blocks_out[:, :, start:stop], lse[:, :, start:stop] = core.forward(
-                blocks_q[:, :, start:stop], chunk_key, chunk_value, visible[:, :, start:stop], chunk
+                blocks_q[:, :, start:stop], chunk_key, chunk_value, keys.visible[:, :, start:stop], chunk
             )
-        ctx.save_for_backward(query, key, value, sparse_key, sparse_value, visible, all_valid, out, lse, lse_global)
-        ctx.settings, ctx.core, ctx.ranges = settings, core, ranges
+        ctx.save_for_backward(query, key, value, out, lse, lse_global)
+        ctx.layout, ctx.core, ctx.ranges, ctx.rng = layout, core, ranges, rng
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        query, key, value, sparse_key, sparse_value, visible, all_valid, out, lse, lse_global = ctx.saved_tensors
-        keys = BlockKeys(key, value, sparse_key, sparse_value, visible, all_valid, ctx.settings)
-        G, core = ctx.settings.num_global_tokens, ctx.core
+        query, key, value, out, lse, lse_global = ctx.saved_tensors
+        sources = tuple(x.detach().requires_grad_() for x in (query, key, value))
+        with torch.enable_grad(), ctx.rng.restored():
+            keys = ctx.layout.block_keys(*sources)
+        query, key, value = sources
+        G, core = ctx.layout.settings.num_global_tokens, ctx.core
         grad_q = torch.empty_like(query)
-        grad_sk, grad_sv = (None if x is None else torch.zeros_like(x) for x in (sparse_key, sparse_value))
+        grad_sk, grad_sv = (None if x is None else torch.zeros_like(x) for x in (keys.sparse_key, keys.sparse_value))
         # The global queries' backward yields full-size key/value gradients: the token chunks add into them.
         grad_q[:, :, :G], grad_k, grad_v = (g[:, :, 0] for g in core.backward(
             grad_out[:, :, None, :G], query[:, :, None, :G], key[:, :, None], value[:, :, None],
-            all_valid[:, None, None], out[:, :, None, :G], lse_global, 0))
+            keys.all_valid[:, None, None], out[:, :, None, :G], lse_global, 0))
         blocks = [keys.token_blocks(x) for x in (grad_out, query, out, grad_q)]  # (B, H, N, bs, D) views
         for chunk, (start, stop) in enumerate(ctx.ranges, start=1):
             chunk_key, chunk_value = keys.gather(start, stop)  # (B, H, n, K, D)
             rows = slice(start, stop)
             blocks[3][:, :, rows], dk, dv = core.backward(
-                blocks[0][:, :, rows], blocks[1][:, :, rows], chunk_key, chunk_value, visible[:, :, rows],
+                blocks[0][:, :, rows], blocks[1][:, :, rows], chunk_key, chunk_value, keys.visible[:, :, rows],
                 blocks[2][:, :, rows], lse[:, :, rows], chunk,
             )
             _scatter_block_grads(dk, keys, grad_k, grad_sk, start, stop)
             _scatter_block_grads(dv, keys, grad_v, grad_sv, start, stop)
-        return grad_q, grad_k, grad_v, grad_sk, grad_sv, None, None, None, None
+        if keys.sparse_key is not None:  # through the selector, into whichever of q, k, v it read
+            through = torch.autograd.grad((keys.sparse_key, keys.sparse_value), sources, (grad_sk, grad_sv),
+                                          allow_unused=True)
+            for total, part in zip((grad_q, grad_k, grad_v), through, strict=True):
+                if part is not None:
+                    total += part
+        return grad_q, grad_k, grad_v, None, None
 
 
-def fast_attention(query: Tensor, keys: BlockKeys, scaling: float, dropout: float, *,
+def fast_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float, *,
                    core: ChunkCore | None = None) -> Tensor:
-    """Kernel of "lsg_fast": query (B, H, G+T', D) -> (B, H, G+T', D).
+    """Kernel of "lsg_fast": query/key/value (B, H, G+T', D) -> (B, H, G+T', D).
 
     `core` defaults to `FlashCore` on CPU without dropout and to `MatmulCore` otherwise.
     """
     if core is None and query.device.type == "cpu" and not dropout:
-        core = FlashCore(scaling)
+        core = FlashCore(layout.scaling)
     elif core is None:
         # The seed comes from the global RNG, so the trainer's seed governs the dropout masks.
-        core = MatmulCore(scaling, dropout, seed=int(torch.randint(2**62, ())) if dropout else 0)
-    return _BlockedAttention.apply(query, keys.key, keys.value, keys.sparse_key, keys.sparse_value, keys.visible,
-                                   keys.all_valid, keys.settings, core)
+        core = MatmulCore(layout.scaling, dropout, seed=int(torch.randint(2**62, ())) if dropout else 0)
+    return _BlockedAttention.apply(query, key, value, layout, core)
 
 
 lsg_fast_attention = ATTENTION_VARIANTS.register("lsg_fast")(block_variant(

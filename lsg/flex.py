@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from lsg.attention import ATTENTION_VARIANTS, BlockKeys, attend, block_variant
+from lsg.attention import ATTENTION_VARIANTS, KeyLayout, attend, block_variant
 from lsg.settings import LSGSettings
 
 TILE = 128  # flex_attention's default block size (query and key tiles)
@@ -94,7 +94,7 @@ def lsg_mask_mod(settings: LSGSettings, token_valid: Tensor, sparse_valid: Tenso
     return mask_mod
 
 
-def flex_attention_kernel(query: Tensor, keys: BlockKeys, scaling: float, dropout: float, *,
+def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float, *,
                           compiled: bool = True) -> Tensor:
     """Kernel of "lsg_flex": query (B, H, G+T', D) -> (B, H, G+T', D); the token queries in one flex_attention
     call, the G global queries (dense over every key) in one SDPA call.
@@ -104,7 +104,7 @@ def flex_attention_kernel(query: Tensor, keys: BlockKeys, scaling: float, dropou
     if dropout:
         raise ValueError("lsg_flex has no attention dropout (flex_attention has none); use attn_implementation "
                          "'lsg' (it switches to 'lsg_fast' when dropout is active) or set the dropout to 0")
-    settings = keys.settings
+    keys, settings, scaling = layout.block_keys(query, key, value), layout.settings, layout.scaling
     G, B, H = settings.num_global_tokens, query.shape[0], query.shape[1]
     tokens = query.shape[2] - G
     out_global = attend(query[:, :, :G], keys.key, keys.value, keys.all_valid[:, None, None], scaling, 0.0)

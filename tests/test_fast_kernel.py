@@ -15,7 +15,7 @@ import lsg
 import lsg.fast as fast
 from lsg.attention import (
     ATTENTION_VARIANTS,
-    build_block_keys,
+    KeyLayout,
     default_variant_name,
     lsg_blocked_attention,
     lsg_layer,
@@ -23,7 +23,6 @@ from lsg.attention import (
 from lsg.flex import flex_attention_kernel, lsg_block_mask, lsg_mask_mod
 from lsg.memory import PeakMemory
 from lsg.reference import reference_lsg_attention
-from lsg.selectors import SelectorInputs, select_sparse_tokens
 from lsg.settings import SPARSITY_TYPES, LSGSettings
 
 FAST = ["lsg_fast", "lsg"]
@@ -93,11 +92,10 @@ def test_dropout_gradients_are_exact():
     settings = LSGSettings(block_size=4, sparse_block_size=4, sparsity_factor=2, sparsity_type="pooling")
     q, k, v, valid = random_inputs(20, 1, batch=1, heads=1, dim=4, pad=3, dtype=torch.float64)
 
+    layout = KeyLayout(valid, settings, scaling=0.5, layer_index=0, training=True)
+
     def token_outputs(query, key, value):
-        sparse = select_sparse_tokens(SelectorInputs(key[:, :, 1:], value[:, :, 1:], valid, query[:, :, 1], 0.5,
-                                                     settings))
-        keys = build_block_keys(key, value, valid, sparse, settings)
-        return fast.fast_attention(query, keys, 0.5, 0.3, core=fast.MatmulCore(0.5, 0.3, seed=7))
+        return fast.fast_attention(query, key, value, layout, 0.3, core=fast.MatmulCore(0.5, 0.3, seed=7))
 
     assert torch.autograd.gradcheck(token_outputs, tuple(x.requires_grad_() for x in (q, k, v)))
 
@@ -154,6 +152,38 @@ def test_fast_path_keeps_less_memory_than_the_plain_one(monkeypatch):
             ATTENTION_VARIANTS.get(name)(q, k, v, valid, settings, scaling=0.2).sum().backward()
         peaks[name] = memory.peak_bytes
     assert peaks["lsg_fast"] < 0.6 * peaks["lsg_blocked"], peaks
+
+
+@pytest.mark.parametrize("sparsity_type", ["norm", "lsh", "bos_pooling"])
+def test_fast_path_keeps_only_its_output_and_log_sum_exp(sparsity_type):
+    """Between forward and backward the fast path holds its output and row log-sum-exp, nothing of the sparse
+    selection: its backward pass runs the selector again (the sparse keys would be ~70 % of the output here)."""
+    settings = LSGSettings(block_size=64, sparse_block_size=64, sparsity_factor=4, sparsity_type=sparsity_type)
+    q, k, v, valid = (x.requires_grad_() if x.is_floating_point() else x
+                      for x in random_inputs(2048, 1, batch=1, heads=4, dim=32))
+    with PeakMemory() as memory:
+        out = fast.lsg_fast_attention(q, k, v, valid, settings, scaling=0.2, training=True)
+        held = memory.live_bytes
+    log_sum_exp = out.numel() // out.shape[-1] * 4
+    assert held <= out.untyped_storage().nbytes() + log_sum_exp + 16 * 1024, held
+
+
+def test_lsh_in_training_selects_the_same_tokens_again_in_the_backward_pass():
+    """LSH draws its hyperplanes from the global RNG in training. The fast path's backward selects again from the
+    forward's RNG state, so its gradients equal the plain path's under the same seed, and the RNG ends where the
+    plain path leaves it."""
+    settings = settings_for("lsh", block_size=8)
+    q, k, v, valid = (x.double().requires_grad_() if x.is_floating_point() else x
+                      for x in random_inputs(101, 1, pad=9))
+    weights = torch.randn(2, 3, 102, 8, dtype=torch.float64)
+    results = {}
+    for name in ("lsg_fast", "lsg_blocked"):
+        torch.manual_seed(5)
+        out = ATTENTION_VARIANTS.get(name)(q, k, v, valid, settings, scaling=0.3, training=True)
+        grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+        results[name] = (out, *grads, torch.rand(3, dtype=torch.float64))
+    for got, want in zip(results["lsg_fast"], results["lsg_blocked"], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
 def test_lsg_picks_flex_on_cuda_and_fast_elsewhere():
