@@ -158,8 +158,31 @@ class BlockKeys:
         """(B, H, G+T', ...) -> view of the tokens as (B, H, N, bs, ...)."""
         return x[:, :, self.settings.num_global_tokens :].unflatten(2, (self.blocks, self.settings.block_size))
 
+    @property
+    def remote_width(self) -> int:
+        """How many of a block's K keys lie outside its local window: the G globals and the 2*sbs sparse keys."""
+        return self.visible.shape[-1] - 3 * self.settings.block_size
+
     def gather(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """Keys and values of token blocks [start, stop), each (B, H, n, K, D) in layout order, one copy each."""
+        keys, values = self._remote_parts(start, stop)
+        keys.append(self._local_windows(self.key, start, stop))
+        values.append(self._local_windows(self.value, start, stop))
+        return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+
+    def remote(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """The first `remote_width` keys and values of blocks [start, stop), (B, H, n, G+2sbs, D): copied with
+        sparse keys, an expanded view of the globals without."""
+        keys, values = self._remote_parts(start, stop)
+        if len(keys) == 1:
+            return keys[0], values[0]
+        return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+
+    def local(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """The local-window keys and values of blocks [start, stop), (B, H, n, 3bs, D) strided views."""
+        return self._local_windows(self.key, start, stop), self._local_windows(self.value, start, stop)
+
+    def _remote_parts(self, start: int, stop: int) -> tuple[list[Tensor], list[Tensor]]:
         G = self.settings.num_global_tokens
         B, H, _, D = self.key.shape
         n = stop - start
@@ -168,9 +191,7 @@ class BlockKeys:
         if self.sparse_key is not None:
             keys += self._sparse_windows(self.sparse_key, start, stop)
             values += self._sparse_windows(self.sparse_value, start, stop)
-        keys.append(self._local_windows(self.key, start, stop))
-        values.append(self._local_windows(self.value, start, stop))
-        return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+        return keys, values
 
     def _local_windows(self, x: Tensor, start: int, stop: int) -> Tensor:
         """Token rows [(j-1)*bs, (j+2)*bs) of blocks j in [start, stop) as a strided view (B, H, n, 3bs, D);

@@ -4,19 +4,26 @@ Same layout and numbers as the plain kernel (`lsg.attention.gathered_attention`)
 differently. The plain kernel gathers the keys and values of all N blocks at once, (B, H, N, K, D) each
 (about 5x the K tensor at the defaults, spec §4), and autograd keeps them for the backward pass. Here a
 custom autograd function walks over chunks of a few blocks (sized by `GATHER_BUDGET`, a handful per
-sequence, never one block at a time). For each chunk it gathers the K keys of its blocks (globals, sparse
-windows and local windows together) and makes one fused attention call; it keeps only the output and the
-row log-sum-exp, and gathers the chunk again in the backward pass, as FlashAttention recomputes its scores.
-The gradients of the gathered keys are added back into their sources (`_scatter_block_grads`). The sparse
-keys and values are not kept either: the backward pass runs the selector again, so the step holds no more
-activations than full attention with SDPA (`make bench` measures both).
+sequence, never one block at a time). A chunk's queries attend to two key sets in two fused calls: the remote
+set (globals and sparse windows, gathered into one copy) and the local set (blocks j-1, j, j+1, a strided view
+of the keys, not copied). The two results are merged by their log-sum-exp (`_merge`), and the backward pass
+hands each set the merged output and log-sum-exp, which gives exactly that set's gradients (the split ring
+attention uses). Only the output and the row log-sum-exp are kept; the backward pass gathers the remote keys
+again, as FlashAttention recomputes its scores, and adds the key gradients back into their sources
+(`_scatter_remote_grads`, `_scatter_local_grads`). The sparse keys and values are not kept either: the backward
+pass runs the selector again, so the step holds no more activations than full attention with SDPA (`make
+bench` measures both).
+
+Splitting the keys cut the kernel's step by about 20 % against one gathered set of K = G + 2sbs + 3bs keys
+(RoBERTa-base heads, 4096 tokens, 2 cores): the local keys are no longer copied, and torch's CPU flash
+backward runs sets of 257 and 384 keys faster than one of 641.
 
 Two interchangeable cores do a chunk's attention:
 
 * `FlashCore` (CPU, no dropout): torch's fused flash-attention CPU kernels, forward and backward, called
   directly so the log-sum-exp can be kept. Fastest on CPU; they do not support dropout.
 * `MatmulCore` (any device, dropout): one batched matmul for the scores, an fp32 softmax and one for the
-  output. Dropout masks come from a generator reseeded per chunk, so the backward pass draws them again and
+  output. Dropout masks come from a generator reseeded per key set, so the backward pass draws them again and
   training with `attention_probs_dropout_prob > 0` keeps the same memory profile.
 """
 
@@ -25,21 +32,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from lsg.attention import ATTENTION_VARIANTS, BlockKeys, KeyLayout, block_variant, sparse_window_index
 
-# Gathered key elements per chunk: 2**21 fp32 elements (8 MiB; 4 blocks of RoBERTa-base at the defaults, so 8
-# chunks at 4096 tokens). A chunk's backward holds about eight chunk-sized temporaries (gathered K/V, their
-# gradients, the fused kernel's own gradient buffers). With 2**22 they were the step's memory peak at 4096 tokens
-# (2 RoBERTa-base layers, +18 MiB over the peak of the dense layers' backward); with 2**21 they stay under it, in
-# the same time at 4096 and 16384 (2 cores, torch 2.13; the fused CPU kernels cost ~30 ms per call, so much
-# smaller chunks would be slower). The temporaries of a chunk stay a fixed size, so memory stays linear in the
-# length.
-GATHER_BUDGET = 2**21
+# Key elements (remote and local) per chunk: 2**20 fp32 elements, 2 blocks of RoBERTa-base at the defaults, so 16
+# chunks at 4096 tokens. Measured on 2 cores (torch 2.13, RoBERTa-base heads, fwd+bwd of one layer's attention):
+# 2**20 ran 0.22 s at 4096 and 0.87 s at 16384 tokens, 2**21 +2 %, 2**22 +7 %, 2**19 +5 % (more kernel calls);
+# the whole step's peak memory at 4096 was the same (the dense layers' backward) up to 2**22 and +24 MiB at 2**23,
+# where a chunk's backward temporaries (remote K/V, their gradients, the kernel's gradient buffers) became the peak.
+# A chunk's temporaries stay a fixed size, so memory stays linear in the length.
+GATHER_BUDGET = 2**20
 
 
 def chunk_ranges(blocks: int, elements_per_block: int) -> list[tuple[int, int]]:
@@ -57,8 +63,13 @@ def _softmax_dtype(x: Tensor) -> torch.dtype:
 
 
 class ChunkCore(Protocol):
-    """Attention of one chunk of n blocks. query/grad_out/out (B, H, n, bs, D), key/value (B, H, n, K, D),
-    visible (B, 1|H, n, K) bool, lse (B, H, n, bs) in `_softmax_dtype`. `chunk` numbers the chunk (dropout)."""
+    """Attention of the queries of n blocks over one set of their keys. query/grad_out/out (B, H, n, bs, D),
+    key/value (B, H, n, K, D) (possibly strided views), visible (B, 1|H, n, K) bool, lse (B, H, n, bs) in
+    `_softmax_dtype`; `chunk` numbers the key set (dropout masks).
+
+    `forward` returns the output and log-sum-exp over this key set alone; a row that sees none of its keys gets
+    a finite output (its lse is fixed by the caller, `_merge`). `backward` takes the output and lse over all
+    key sets of the rows, so it yields this set's share of the gradients (the split of ring attention)."""
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
                 ) -> tuple[Tensor, Tensor]: ...
@@ -67,43 +78,47 @@ class ChunkCore(Protocol):
                  lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-def _fold_heads(x: Tensor) -> Tensor:
-    """(B, H, n, L, D) -> (B, H*n, L, D): the fused kernels take 4-D inputs."""
-    return x.reshape(x.shape[0], -1, *x.shape[3:])
+def _stack(parts: list[Tensor]) -> Tensor:
+    return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
 class FlashCore:
-    """torch's fused flash-attention CPU kernels (`aten._scaled_dot_product_flash_attention_for_cpu`)."""
+    """torch's fused flash-attention CPU kernels (`aten._scaled_dot_product_flash_attention_for_cpu`).
+
+    They take 4-D inputs. Each batch element gets one call on (H, n, L, D) views, H as the kernel's batch and n
+    as its heads: the query blocks and the strided local windows go in as they are, where folding (H, n) into
+    one dimension would copy them.
+    """
 
     def __init__(self, scaling: float) -> None:
         self.scaling = scaling
 
-    def _bias(self, visible: Tensor, heads: int, dtype: torch.dtype) -> Tensor | None:
-        # No mask when every key is visible (inside unpadded documents), which the kernel runs faster. Else an
-        # additive mask (B, H*n, 1, K); -inf is safe since every row sees a global key.
+    def _bias(self, visible: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """Additive mask (1|H, n, 1, K) of one batch element; None when every key is visible (the usual case
+        inside a document), which the kernel runs faster."""
         if bool(visible.all()):
             return None
         bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-        B, _, n, K = visible.shape
-        return bias.expand(B, heads, n, K).reshape(B, heads * n, 1, K)
+        return bias.unsqueeze(-2)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
                 ) -> tuple[Tensor, Tensor]:
-        B, H, n, bs, D = query.shape
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            _fold_heads(query), _fold_heads(key), _fold_heads(value),
-            attn_mask=self._bias(visible, H, query.dtype), scale=self.scaling,
-        )
-        return out.view(B, H, n, bs, D), lse.view(B, H, n, bs)
+        results = [
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query[b], key[b], value[b], attn_mask=self._bias(visible[b], query.dtype), scale=self.scaling)
+            for b in range(query.shape[0])
+        ]
+        return _stack([out for out, _ in results]), _stack([lse for _, lse in results])
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
                  lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-        B, H, n, bs, D = query.shape
-        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            _fold_heads(grad_out), _fold_heads(query), _fold_heads(key), _fold_heads(value), _fold_heads(out),
-            lse.reshape(B, H * n, bs), 0.0, False, attn_mask=self._bias(visible, H, query.dtype), scale=self.scaling,
-        )
-        return tuple(g.view(B, H, n, -1, D) for g in grads)
+        results = [
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out[b], query[b], key[b], value[b], out[b], lse[b], 0.0, False,
+                attn_mask=self._bias(visible[b], query.dtype), scale=self.scaling)
+            for b in range(query.shape[0])
+        ]
+        return tuple(_stack(list(grads)) for grads in zip(*results, strict=True))
 
 
 class MatmulCore:
@@ -118,8 +133,9 @@ class MatmulCore:
         scores = (query @ key.transpose(-1, -2)).to(_softmax_dtype(query)).mul_(self.scaling)
         scores.masked_fill_(~visible.unsqueeze(-2), float("-inf"))  # every row keeps its global keys
         if lse is None:
-            lse = torch.logsumexp(scores, dim=-1)
-        return scores.sub_(lse.unsqueeze(-1)).exp_(), lse
+            lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no key of this set
+        # Clamped, an empty row's probabilities are exp(-inf) = 0 rather than NaN.
+        return scores.sub_(lse.clamp_min(torch.finfo(lse.dtype).min).unsqueeze(-1)).exp_(), lse
 
     def _keep(self, shape: torch.Size, chunk: int, device: torch.device) -> Tensor:
         """Dropout keep-mask of one chunk, scaled by 1/(1-p); drawn identically again in the backward pass."""
@@ -150,25 +166,62 @@ class MatmulCore:
         return d_scores @ key, d_scores.transpose(-1, -2) @ query, grad_value
 
 
-def _scatter_block_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_sparse: Tensor | None, start: int,
-                         stop: int) -> None:
-    """Add the gradient of the gathered keys (or values) of token blocks [start, stop), (B, H, n, K, D), back
-    into the gradients of their sources, `into` (B, H, G+T', D) and the padded sparse `into_sparse`: the
-    adjoint of `BlockKeys.gather`."""
+def _scatter_remote_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_sparse: Tensor | None, start: int,
+                          stop: int) -> None:
+    """Add the gradient of the remote keys (or values) of token blocks [start, stop), (B, H, n, G+2sbs, D), into
+    the gradients of their sources, `into` (B, H, G+T', D) and the padded sparse `into_sparse`: the adjoint of
+    `BlockKeys.remote`."""
     settings = keys.settings
-    G, bs, N = settings.num_global_tokens, settings.block_size, keys.blocks
+    G = settings.num_global_tokens
     into[:, :, :G].add_(grad[:, :, :, :G].sum(2))  # add_ on the view: `x[i] += y` would copy x[i] back into x
     if into_sparse is not None:
-        width = 2 * settings.sparse_block_size
-        index = sparse_window_index(N, settings, grad.device)[start:stop].flatten()
-        into_sparse.index_add_(2, index, grad[:, :, :, G : G + width].flatten(2, 3))
-        G += width
+        index = sparse_window_index(keys.blocks, settings, grad.device)[start:stop].flatten()
+        into_sparse.index_add_(2, index, grad[:, :, :, G:].flatten(2, 3))
+
+
+def _scatter_local_grads(grad: Tensor, keys: BlockKeys, into: Tensor, start: int, stop: int) -> None:
+    """Add the gradient of the local-window keys (or values) of token blocks [start, stop), (B, H, n, 3bs, D),
+    into `into` (B, H, G+T', D): the adjoint of `BlockKeys.local`."""
+    bs, N = keys.settings.block_size, keys.blocks
     blocks = keys.token_blocks(into)  # (B, H, N, bs, D) view
     for offset in range(3):  # block j's window holds blocks j-1, j, j+1: a loop over offsets, not blocks
         low, high = max(start, 1 - offset), min(stop, N + 1 - offset)  # blocks j whose j-1+offset exists
         if low < high:
-            columns = slice(G + offset * bs, G + (offset + 1) * bs)
+            columns = slice(offset * bs, (offset + 1) * bs)
             blocks[:, :, low - 1 + offset : high - 1 + offset].add_(grad[:, :, low - start : high - start, columns])
+
+
+class _KeySet(NamedTuple):
+    """One of the two key sets of a chunk: remote (globals and sparse windows) or local (the 3 blocks around)."""
+
+    key: Tensor
+    value: Tensor
+    visible: Tensor
+    number: int  # numbers the dropout masks: 0 is the global queries' set, then 2 per chunk
+    remote: bool
+
+
+def _key_sets(keys: BlockKeys, start: int, stop: int, chunk: int) -> list[_KeySet]:
+    """The keys of blocks [start, stop) as two sets attended separately: the local windows stay strided views of
+    the keys, so only the remote keys are copied."""
+    visible, width = keys.visible[:, :, start:stop], keys.remote_width
+    return [
+        _KeySet(*keys.remote(start, stop), visible[..., :width], 2 * chunk - 1, True),
+        _KeySet(*keys.local(start, stop), visible[..., width:], 2 * chunk, False),
+    ]
+
+
+def _merge(parts: list[tuple[Tensor, Tensor]], sets: list[_KeySet]) -> tuple[Tensor, Tensor]:
+    """Output and log-sum-exp of the rows over all key sets from their (out, lse) over each set:
+    lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) * out_i.
+
+    A block that sees no key of a set (a local window that is all padding) takes nothing from it: its lse there
+    is set to -inf whatever the core returned. The remote set always holds the globals, so lse stays finite."""
+    lses = [lse.masked_fill(~keys.visible.any(-1, keepdim=True), float("-inf")) for (_, lse), keys in
+            zip(parts, sets, strict=True)]
+    total = torch.logsumexp(torch.stack(lses), dim=0)
+    out = sum((lse - total).exp_().unsqueeze(-1) * part for (part, _), lse in zip(parts, lses, strict=True))
+    return out, total
 
 
 @dataclass(frozen=True)
@@ -219,10 +272,9 @@ class _BlockedAttention(torch.autograd.Function):
         ranges = chunk_ranges(N, B * H * keys.visible.shape[-1] * D)
         blocks_q, blocks_out = keys.token_blocks(query), keys.token_blocks(out)  # (B, H, N, bs, D) views
         for chunk, (start, stop) in enumerate(ranges, start=1):
-            chunk_key, chunk_value = keys.gather(start, stop)  # (B, H, n, K, D)
-            blocks_out[:, :, start:stop], lse[:, :, start:stop] = core.forward(
-                blocks_q[:, :, start:stop], chunk_key, chunk_value, keys.visible[:, :, start:stop], chunk
-            )
+            sets = _key_sets(keys, start, stop, chunk)
+            parts = [core.forward(blocks_q[:, :, start:stop], s.key, s.value, s.visible, s.number) for s in sets]
+            blocks_out[:, :, start:stop], lse[:, :, start:stop] = _merge(parts, sets)
         ctx.save_for_backward(query, key, value, out, lse, lse_global)
         ctx.layout, ctx.core, ctx.ranges, ctx.rng = layout, core, ranges, rng
         return out
@@ -243,14 +295,18 @@ class _BlockedAttention(torch.autograd.Function):
             keys.all_valid[:, None, None], out[:, :, None, :G], lse_global, 0))
         blocks = [keys.token_blocks(x) for x in (grad_out, query, out, grad_q)]  # (B, H, N, bs, D) views
         for chunk, (start, stop) in enumerate(ctx.ranges, start=1):
-            chunk_key, chunk_value = keys.gather(start, stop)  # (B, H, n, K, D)
             rows = slice(start, stop)
-            blocks[3][:, :, rows], dk, dv = core.backward(
-                blocks[0][:, :, rows], blocks[1][:, :, rows], chunk_key, chunk_value, keys.visible[:, :, rows],
-                blocks[2][:, :, rows], lse[:, :, rows], chunk,
-            )
-            _scatter_block_grads(dk, keys, grad_k, grad_sk, start, stop)
-            _scatter_block_grads(dv, keys, grad_v, grad_sv, start, stop)
+            for s in _key_sets(keys, start, stop, chunk):  # the remote set first: it writes dq
+                dq, dk, dv = core.backward(blocks[0][:, :, rows], blocks[1][:, :, rows], s.key, s.value, s.visible,
+                                           blocks[2][:, :, rows], lse[:, :, rows], s.number)
+                if s.remote:
+                    blocks[3][:, :, rows] = dq
+                    _scatter_remote_grads(dk, keys, grad_k, grad_sk, start, stop)
+                    _scatter_remote_grads(dv, keys, grad_v, grad_sv, start, stop)
+                else:
+                    blocks[3][:, :, rows].add_(dq)
+                    _scatter_local_grads(dk, keys, grad_k, start, stop)
+                    _scatter_local_grads(dv, keys, grad_v, start, stop)
         if keys.sparse_key is not None:  # through the selector, into whichever of q, k, v it read
             through = torch.autograd.grad((keys.sparse_key, keys.sparse_value), sources, (grad_sk, grad_sv),
                                           allow_unused=True)
