@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(format_table(cells, args.lengths))
     print()
     for goal in goals:
-        value = "n/a" if goal["value"] is None else f"{goal['value']:.3f}"
+        value = "n/a" if goal["value"] is None else f"{goal['value']:.4f}"  # 4 places: some sit at the target
         print(f"{'MET ' if goal['met'] else 'n/a ' if goal['met'] is None else 'MISS'} {goal['goal']}: {value} "
               f"(target {goal['target']})")
     print(f"\nwrote {path} and {path.with_suffix('.png')} in {record['runtime_s']:.0f} s")
