@@ -20,7 +20,8 @@ empty: fully padded queries give finite outputs in every dtype. Masks are boolea
 * "lsg": the default `attn_implementation`; runs the fastest correct kernel for the device
   (`default_variant_name`): "lsg_flex" on CUDA, "lsg_fast" elsewhere and whenever dropout is active.
 * "lsg_blocked": the plain kernel of this module (everything gathered, one SDPA call), the tested baseline.
-* "lsg_fast" (`lsg.fast`): chunked flash-style kernel, memory linear in the length, the CPU path.
+* "lsg_fast" (`lsg.fast`): chunked flash-style kernel, memory linear in the length; the CPU path, and the CUDA
+  path while attention dropout is active.
 * "lsg_flex" (`lsg.flex`): compiled flex_attention with a block mask, the CUDA path.
 * "lsg_reference" (`lsg.reference`): dense float64 reference, for checking.
 """
@@ -127,9 +128,11 @@ def sparse_window_index(blocks: int, settings: LSGSettings, device: torch.device
 class BlockKeys:
     """The keys of every query, kept as their sources instead of one gathered tensor.
 
-    A kernel gathers the (B, H, n, K, D) keys of a range of token blocks with `gather` only when it needs
-    them, so the full gathered tensor (~5x the size of K at the defaults, spec §4) never has to exist, and
-    the keys and values are not copied up front.
+    A kernel takes the keys of a range of token blocks only when it needs them: `gather` copies all K of them
+    into one (B, H, n, K, D) tensor (the plain kernel, for all blocks at once); `remote` and `local` give the
+    globals and sparse windows (copied) and the local windows (strided views) separately (`lsg.fast`). So the
+    full gathered tensor (~5x the size of K at the defaults, spec §4) need not exist, and the keys and values
+    are not copied up front.
 
     Attributes:
         key, value: (B, H, G+T', D), the G globals first (T' a multiple of bs).

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lsg.attention import ATTENTION_VARIANTS, BlockKeys, KeyLayout, block_variant, sparse_window_index
 
@@ -51,7 +52,7 @@ GATHER_BUDGET = 2**20
 def chunk_ranges(blocks: int, elements_per_block: int) -> list[tuple[int, int]]:
     """Consecutive [start, stop) ranges of blocks with about `GATHER_BUDGET` gathered key elements each.
 
-    `elements_per_block` is B * H * K * D, the size of one block's gathered keys.
+    `elements_per_block` is B * H * K * D, the size of one block's keys (remote and local).
     """
     step = max(1, GATHER_BUDGET // max(1, elements_per_block))
     return [(start, min(blocks, start + step)) for start in range(0, blocks, step)]
@@ -225,42 +226,48 @@ def _merge(parts: list[tuple[Tensor, Tensor]], sets: list[_KeySet]) -> tuple[Ten
 
 
 @dataclass(frozen=True)
-class _RngState:
-    """The RNG state a sparse selection starts from, so the backward pass selects the same tokens again
-    (LSH draws its hyperplanes from the global RNG in training)."""
+class _SelectionState:
+    """What the forward pass's sparse selection depended on besides its inputs, so that the backward pass selects
+    the same tokens again: the device's RNG state (LSH draws its hyperplanes from it in training) and autocast
+    (it sets the precision of the selectors' scores, and autograd turns it off in the backward pass)."""
 
     device: torch.device
-    state: Tensor
+    rng: Tensor
+    autocast: bool
+    autocast_dtype: torch.dtype
 
     @classmethod
-    def capture(cls, device: torch.device) -> _RngState:
-        state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-        return cls(device, state)
+    def capture(cls, device: torch.device) -> _SelectionState:
+        kind = device.type
+        rng = torch.get_rng_state() if kind == "cpu" else torch.get_device_module(kind).get_rng_state(device)
+        return cls(device, rng, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
 
     @contextmanager
     def restored(self) -> Iterator[None]:
-        """Run the block from the captured state, leaving the RNG as it was afterwards."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            if cuda:
-                torch.cuda.set_rng_state(self.state, self.device)
+        """Run the block as the forward pass ran, leaving the RNG as it was afterwards."""
+        kind = self.device.type
+        with torch.random.fork_rng(devices=[] if kind == "cpu" else [self.device], device_type=kind), \
+                torch.autocast(kind, dtype=self.autocast_dtype, enabled=self.autocast):
+            if kind == "cpu":
+                torch.set_rng_state(self.rng)
             else:
-                torch.set_rng_state(self.state)
+                torch.get_device_module(kind).set_rng_state(self.rng, self.device)
             yield
 
 
 class _BlockedAttention(torch.autograd.Function):
     """LSG attention of all queries over their `BlockKeys`, chunk by chunk, with recomputation (module docstring).
 
-    The global queries are one more chunk whose window is the whole sequence; chunk ids (0 for the globals,
-    1.. for token chunks) number the dropout masks. The sparse selection runs inside the function, so its keys
-    and values are not kept for the backward pass: it selects them again there, from the same RNG state, and
-    sends their gradients back through the selector with autograd.
+    The global queries are one more chunk whose window is the whole sequence. Key-set numbers (0 for the globals'
+    set, then 2c-1 and 2c for the remote and local sets of token chunk c) number the dropout masks. The sparse
+    selection runs inside the function, so its keys and values are not kept for the backward pass: it selects
+    them again there, from the same RNG and autocast state, and sends their gradients back through the selector
+    with autograd.
     """
 
     @staticmethod
     def forward(ctx: Any, query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, core: ChunkCore) -> Tensor:
-        rng = _RngState.capture(query.device)
+        selection = _SelectionState.capture(query.device)
         keys = layout.block_keys(query, key, value)
         B, H, _, D = query.shape
         G, bs, N = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks
@@ -276,14 +283,15 @@ class _BlockedAttention(torch.autograd.Function):
             parts = [core.forward(blocks_q[:, :, start:stop], s.key, s.value, s.visible, s.number) for s in sets]
             blocks_out[:, :, start:stop], lse[:, :, start:stop] = _merge(parts, sets)
         ctx.save_for_backward(query, key, value, out, lse, lse_global)
-        ctx.layout, ctx.core, ctx.ranges, ctx.rng = layout, core, ranges, rng
+        ctx.layout, ctx.core, ctx.ranges, ctx.selection = layout, core, ranges, selection
         return out
 
     @staticmethod
+    @once_differentiable  # the backward works on detached inputs: a double backward must raise, not be wrong
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         query, key, value, out, lse, lse_global = ctx.saved_tensors
         sources = tuple(x.detach().requires_grad_() for x in (query, key, value))
-        with torch.enable_grad(), ctx.rng.restored():
+        with torch.enable_grad(), ctx.selection.restored():
             keys = ctx.layout.block_keys(*sources)
         query, key, value = sources
         G, core = ctx.layout.settings.num_global_tokens, ctx.core

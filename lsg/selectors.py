@@ -54,7 +54,9 @@ def select_sparse_tokens(inputs: SelectorInputs) -> SparseTokens:
     """Run the selector named by `settings.sparsity_type`; f == 1 keeps every token (spec §3.4)."""
     if inputs.settings.sparsity_factor == 1:
         return SparseTokens(inputs.keys, inputs.values, inputs.valid[:, None])
-    return SPARSE_SELECTORS.get(inputs.settings.sparsity_type)(inputs)
+    sparse = SPARSE_SELECTORS.get(inputs.settings.sparsity_type)(inputs)
+    # Under autocast a selector's einsums return the autocast dtype; the kernels need the keys' own.
+    return SparseTokens(sparse.keys.to(inputs.keys.dtype), sparse.values.to(inputs.values.dtype), sparse.valid)
 
 
 def _gather_tokens(inputs: SelectorInputs, index: Tensor) -> SparseTokens:
@@ -122,7 +124,7 @@ def select_bos_pooling(inputs: SelectorInputs) -> SparseTokens:
     # the group is then marked invalid, so those weights never reach an output (fixes D4).
     accumulate = torch.promote_types(keys.dtype, torch.float32)
     scores = torch.einsum("bhd,bhgfd->bhgf", inputs.first_query.to(accumulate), keys.to(accumulate)) * inputs.scaling
-    scores = scores.masked_fill(~valid, torch.finfo(accumulate).min)
+    scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)  # bf16 under autocast
     weights = scores.softmax(-1).to(keys.dtype)
     pooled_keys = torch.einsum("bhgf,bhgfd->bhgd", weights, keys)
     pooled_values = torch.einsum("bhgf,bhgfd->bhgd", weights, values)

@@ -188,6 +188,46 @@ def test_lsh_in_training_selects_the_same_tokens_again_in_the_backward_pass():
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
+def test_backward_selects_the_forward_tokens_under_autocast(monkeypatch):
+    """Autocast sets the precision of LSH's bucket scores and is off during the backward pass: the fast path
+    restores it there, so it selects the very tokens of the forward pass (in bf16 they differ from fp32's)."""
+    selected = []
+    sparse_tokens = KeyLayout.sparse_tokens
+
+    def recording(self, *args):
+        sparse = sparse_tokens(self, *args)
+        selected.append(sparse.keys.detach().clone())
+        return sparse
+
+    monkeypatch.setattr(KeyLayout, "sparse_tokens", recording)
+    settings = settings_for("lsh", block_size=16)
+    q, k, v, valid = (x.requires_grad_() if x.is_floating_point() else x for x in random_inputs(300, 1, pad=20))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast.lsg_fast_attention(q, k, v, valid, settings, scaling=0.3, training=True)
+    out.float().pow(2).sum().backward()
+    forward, backward = selected
+    assert torch.equal(forward, backward)
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_every_selector_trains_under_cpu_autocast(sparsity_type):
+    settings = settings_for(sparsity_type)
+    q, k, v, valid = (x.requires_grad_() if x.is_floating_point() else x for x in random_inputs(200, 1, pad=30))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lsg.lsg_attention(q, k, v, valid, settings, scaling=0.3, training=True)
+    out.float().pow(2).sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_double_backward_raises_rather_than_returning_wrong_gradients():
+    settings = settings_for("pooling")
+    q, k, v, valid = (x.double().requires_grad_() if x.is_floating_point() else x for x in random_inputs(100, 1))
+    out = fast.lsg_fast_attention(q, k, v, valid, settings, scaling=0.3)
+    (grad_q,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_q.pow(2).sum().backward()
+
+
 def test_lsg_picks_flex_on_cuda_and_fast_elsewhere():
     cpu, cuda = torch.zeros(1), types.SimpleNamespace(is_cuda=True)
     assert default_variant_name(cpu, dropout=0.0, training=True) == "lsg_fast"
