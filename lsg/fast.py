@@ -138,31 +138,35 @@ class MatmulCore:
         # Clamped, an empty row's probabilities are exp(-inf) = 0 rather than NaN.
         return scores.sub_(lse.clamp_min(torch.finfo(lse.dtype).min).unsqueeze(-1)).exp_(), lse
 
-    def _keep(self, shape: torch.Size, chunk: int, device: torch.device) -> Tensor:
-        """Dropout keep-mask of one chunk, scaled by 1/(1-p); drawn identically again in the backward pass."""
+    def _keep(self, shape: torch.Size, chunk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Dropout keep-mask (0 or 1) of one key set; drawn identically again in the backward pass. The 1/(1-p)
+        scale is applied to the (bs, D) outputs and output gradients, not to this (bs, K) mask."""
         generator = torch.Generator(device=device).manual_seed(self.seed + chunk)
-        return (torch.rand(shape, generator=generator, device=device) >= self.dropout) / (1 - self.dropout)
+        return torch.rand(shape, generator=generator, dtype=dtype, device=device).ge_(self.dropout)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
                 ) -> tuple[Tensor, Tensor]:
         probs, lse = self._probabilities(query, key, visible)
-        if self.dropout:
-            probs *= self._keep(probs.shape, chunk, probs.device)
-        return probs.to(value.dtype) @ value, lse
+        if not self.dropout:
+            return probs.to(value.dtype) @ value, lse
+        probs.mul_(self._keep(probs.shape, chunk, probs.dtype, probs.device))
+        return (probs.to(value.dtype) @ value).mul_(1 / (1 - self.dropout)), lse
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
                  lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
         dtype = lse.dtype
         probs, _ = self._probabilities(query, key, visible, lse)
-        d_probs = (grad_out @ value.transpose(-1, -2)).to(dtype)  # (B, H, n, bs, K)
-        dropped = probs  # the probabilities the forward pass multiplied V with
-        if self.dropout:
-            keep = self._keep(probs.shape, chunk, probs.device)
-            d_probs *= keep
-            dropped = probs * keep
-        grad_value = dropped.to(grad_out.dtype).transpose(-1, -2) @ grad_out
         # rowsum(dP * P) == rowsum(dO * O), with or without dropout (FlashAttention-2's D_i).
         delta = (grad_out.to(dtype) * out.to(dtype)).sum(-1, keepdim=True)
+        dropped = probs  # the probabilities the forward pass multiplied V with, before the 1/(1-p) scale
+        if self.dropout:
+            grad_out = grad_out * (1 / (1 - self.dropout))
+            keep = self._keep(probs.shape, chunk, dtype, probs.device)
+            dropped = probs * keep
+        d_probs = (grad_out @ value.transpose(-1, -2)).to(dtype)  # (B, H, n, bs, K)
+        if self.dropout:
+            d_probs.mul_(keep)
+        grad_value = dropped.to(grad_out.dtype).transpose(-1, -2) @ grad_out
         d_scores = d_probs.sub_(delta).mul_(probs).mul_(self.scaling).to(query.dtype)
         return d_scores @ key, d_scores.transpose(-1, -2) @ query, grad_value
 
