@@ -66,8 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"smoke run: lengths 1024 2048, systems {', '.join(QUICK_SYSTEMS)}, 1 repeat")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="attention-probability dropout of every system, in [0, 1) (default 0: kernels only)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="directory of the JSON and plot")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.quick:
         args.lengths = args.lengths or [1024, 2048]
         args.systems = args.systems or list(QUICK_SYSTEMS)
@@ -129,7 +133,8 @@ def kernel_efficiency(shape: Shape, batch: int, length: int, device: torch.devic
         variant = ATTENTION_VARIANTS.get(name)
 
         def step(variant=variant) -> None:
-            variant(q, k, v, valid, LSG_NORM, scaling=D**-0.5, training=True).sum().backward()
+            variant(q, k, v, valid, LSG_NORM, scaling=D**-0.5, dropout=shape.attention_dropout,
+                    training=True).sum().backward()
 
         seconds = _median_seconds(step, device, 5)
         result[name] = {"seconds": seconds, "gflops": flop / seconds / 1e9, "fraction_of_peak": flop / seconds / 1e9
@@ -347,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shape = Shape(layers=args.layers, hidden=args.hidden, heads=args.heads)
+    shape = Shape(layers=args.layers, hidden=args.hidden, heads=args.heads, attention_dropout=args.dropout)
     started = time.perf_counter()
     torch.manual_seed(0)
     peak = matmul_peak(device, dtype)
@@ -376,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_json(path, record)
     title = (f"{machine['gpu'] or machine['cpu']}, {machine['torch_threads']} threads, {record['dtype']}, "
              f"{shape.layers} layers, batch {args.batch}")
+    if args.dropout:
+        title += f", attention dropout {args.dropout}"
     plot(cells, path.with_suffix(".png"), title)
     print(f"\n{title}; matmul peak {peak:.0f} GFLOP/s; LSG attention {kernel['lsg']['gflops']:.1f} GFLOP/s "
           f"({kernel['lsg']['fraction_of_peak']:.0%}) at {kernel_length} tokens\n")

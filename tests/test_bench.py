@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lsg.bench import main, skip_reason
@@ -36,6 +37,30 @@ def test_quadratic_systems_are_skipped_before_they_run():
     assert reason is not None and "memory estimate" in reason
     assert skip_reason(all_systems()["lsg_norm"], Shape(), 1, 4096, torch.device("cpu"), peak=100.0,
                        max_step_seconds=1e12) is None
+
+
+def test_sdpa_with_dropout_counts_as_quadratic():
+    """With dropout SDPA runs its math path (T x T probabilities), so long cells are skipped, not run out of memory."""
+    sdpa = all_systems()["full_sdpa"]
+    for dropout, skipped in ((0.0, False), (0.1, True)):
+        reason = skip_reason(sdpa, Shape(attention_dropout=dropout), 1, 1 << 18, torch.device("cpu"), peak=1e9,
+                             max_step_seconds=1e12)
+        assert (reason is not None) == skipped, reason
+
+
+def test_bench_with_dropout_runs_and_records_it(tmp_path):
+    path = main(["--quick", "--layers", "1", "--hidden", "64", "--heads", "4", "--lengths", "512",
+                 "--systems", "full_sdpa", "lsg_norm", "--dropout", "0.1", "--out", str(tmp_path)])
+    record = json.loads(path.read_text())
+    assert record["shape"]["attention_dropout"] == 0.1
+    assert all(cell["status"] == "ok" for cell in record["cells"])
+
+
+@pytest.mark.parametrize("dropout", ["-0.1", "1.0"])
+def test_bench_refuses_a_dropout_outside_0_1(dropout, capsys):
+    with pytest.raises(SystemExit):
+        main(["--dropout", dropout])
+    assert f"--dropout must be in [0, 1), got {float(dropout)}" in capsys.readouterr().err
 
 
 def test_gpu_check_explains_itself_without_cuda():
