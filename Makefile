@@ -38,7 +38,7 @@ run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncate
 	$(PY) -m tasks.report runs/longdoc_demo
 
 demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on a long BBC article
-	$(PY) -m lsg.demo
+	$(PY) -m tools.demo
 
 # glibc returns every freed buffer above its mmap threshold to the OS, so each step page-faults its large activations
 # afresh: at 16K tokens that made elementwise ops of the dense layers (every system's) ~10x slower per element than at
@@ -46,7 +46,7 @@ demo: $(STAMP)  ## convert the real MiniLM checkpoint to LSG-4096 and run it on 
 bench: export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 bench: export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/bench/*.json + .png (BENCH_ARGS=--quick: ~30 s)
-	$(PY) -m lsg.bench $(BENCH_ARGS)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 scale ?= smoke
 table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU
@@ -66,7 +66,7 @@ format: $(STAMP)  ## ruff format + import sort
 	$(VENV)/bin/ruff format .
 
 pattern: $(STAMP)  ## redraw docs/lsg_pattern.png from the kernel's own key sets
-	$(PY) -m lsg.pattern docs/lsg_pattern.png
+	$(PY) -m tools.pattern docs/lsg_pattern.png
 
 clean:  ## remove the venv and caches (runs/ is kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,16 +1,16 @@
 """lsg: LSG attention (Local + Sparse + Global) for pretrained transformers.
 
-Importing the package registers the attention variants ("lsg", "lsg_reference") with transformers and
-the `lsg_<type>` model types with the Auto classes, so converted checkpoints load with
-`AutoModel*.from_pretrained` as well as with `lsg.load`.
+Importing the package registers the attention variants ("lsg", "lsg_fast", "lsg_reference", ...; `lsg.variants`)
+with transformers and the `lsg_<type>` model types with the Auto classes (`lsg.modeling`), so converted
+checkpoints load with `AutoModel*.from_pretrained` as well as with `lsg.load`.
 """
 
-from lsg.attention import ATTENTION_VARIANTS, lsg_attention
 from lsg.convert import convert
 from lsg.families import supported_architectures
 from lsg.modeling import load
 from lsg.selectors import SPARSE_SELECTORS
 from lsg.settings import SPARSITY_TYPES, LSGSettings
+from lsg.variants import ATTENTION_VARIANTS, lsg_attention
 
 __version__ = "0.1.0"
 

@@ -1,29 +1,20 @@
-"""The LSG attention kernel (spec §3.1-3.3) as pure tensor functions, plus the registry of variants.
+"""The LSG attention kernel (spec §3.1-3.3) as pure tensor functions.
 
-Layout for one layer, T real tokens after G global tokens (q, k, v: (B, H, G+T, D)):
+One layer, T real tokens after G global tokens (q, k, v: (B, H, G+T, D)). Which keys a query sees (short rule,
+padding to block multiples, local and sparse windows) is `lsg.layout`'s rule; here the queries of token block j
+take their K keys in this order::
 
-* T <= 2*bs: every query (globals included) attends densely to all G+T keys (short rule, invariant I1).
-* otherwise the tokens are padded to T' = ceil(T/bs)*bs, global queries attend to all G+T' keys, and
-  the queries of token block j (N = T'/bs blocks) attend to, in this order::
+    [ G globals | sbs sparse left | sbs sparse right | blocks j-1, j, j+1 (3*bs) ]
 
-      [ G globals | sbs sparse left | sbs sparse right | blocks j-1, j, j+1 (3*bs) ]
-
-  where "sparse" are the entries S[(j-1)r - sbs, (j-1)r) and S[(j+2)r, (j+2)r + sbs) of the sequence
-  S built by a selector (r = bs/f per block). Out-of-range keys are zeros marked invalid.
+where out-of-range keys are zeros marked invalid.
 
 Every query row always sees the G >= 1 global keys, which are never masked, so no softmax row is
 empty: fully padded queries give finite outputs in every dtype. Masks are booleans end to end.
 
 `lsg_layer` does what every kernel shares (short rule, padding, `KeyLayout`, from which a kernel builds its
-`BlockKeys`); the kernels differ only in how they attend. Registered variants:
-
-* "lsg": the default `attn_implementation`; runs the fastest correct kernel for the device
-  (`default_variant_name`): "lsg_flex" on CUDA, "lsg_fast" elsewhere and whenever dropout is active.
-* "lsg_blocked": the plain kernel of this module (everything gathered, one SDPA call), the tested baseline.
-* "lsg_fast" (`lsg.fast`): chunked flash-style kernel, memory linear in the length; the CPU path, and the CUDA
-  path while attention dropout is active.
-* "lsg_flex" (`lsg.flex`): compiled flex_attention with a block mask, the CUDA path.
-* "lsg_reference" (`lsg.reference`): dense float64 reference, for checking.
+`BlockKeys`); the kernels differ only in how they attend: `gathered_attention` here (the plain kernel of
+"lsg_blocked", the tested baseline), `lsg.fast` and `lsg.flex`. This module knows nothing of names:
+`lsg.variants` registers the variants.
 """
 
 from __future__ import annotations
@@ -36,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsg.registry import Registry
+from lsg.layout import (
+    local_width,
+    local_windows,
+    padded_length,
+    sparse_margin,
+    sparse_window_index,
+    sparse_windows,
+    uses_short_rule,
+)
 from lsg.selectors import SelectorInputs, SparseTokens, select_sparse_tokens
 from lsg.settings import LSGSettings
 
@@ -63,9 +62,6 @@ class AttentionVariant(Protocol):
     ) -> Tensor: ...
 
 
-ATTENTION_VARIANTS: Registry[AttentionVariant] = Registry("attention variant")
-
-
 def attend(query: Tensor, key: Tensor, value: Tensor, visible: Tensor, scaling: float, dropout: float) -> Tensor:
     """Masked softmax attention. query (..., Lq, D), key/value (..., Lk, D), visible bool broadcastable
     to (..., Lq, Lk). Every row must see at least one key (the LSG layout guarantees it)."""
@@ -80,48 +76,12 @@ def key_validity(token_valid: Tensor, settings: LSGSettings) -> Tensor:
     return token_valid
 
 
-def padded_length(length: int, settings: LSGSettings) -> int:
-    """T' for T real tokens: unchanged under the short rule, else the next block multiple (spec §3.1).
-
-    Raises ValueError when padding is needed but `adaptive=False` (spec D15).
-    """
-    bs = settings.block_size
-    if length <= 2 * bs or length % bs == 0:
-        return length
-    if not settings.adaptive:
-        raise ValueError(
-            f"sequence length {length} is not a multiple of block_size={bs} and adaptive=False; "
-            f"pad inputs to a multiple of {bs} or set adaptive=True"
-        )
-    return -(-length // bs) * bs
-
-
 def _pad_length(x: Tensor, target: int, dim: int, value: float | bool = 0) -> Tensor:
     missing = target - x.shape[dim]
     if missing == 0:
         return x
     pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, missing]
     return F.pad(x, pad, value=value)
-
-
-def local_windows(x: Tensor, block_size: int, fill: float | bool = 0) -> Tensor:
-    """Blocks j-1, j, j+1 of every block j along dim 2: (B, H, T', ...) -> (B, H, N, 3*bs, ...)."""
-    pad = [0, 0] * (x.dim() - 3) + [block_size, block_size]
-    windows = F.pad(x, pad, value=fill).unfold(2, 3 * block_size, block_size)  # (B, H, N, ..., 3bs)
-    return windows.movedim(-1, 3)
-
-
-def sparse_window_index(blocks: int, settings: LSGSettings, device: torch.device) -> Tensor:
-    """Indices into S padded by sbs + r on both sides: the sparse keys of every block, (N, 2*sbs).
-
-    Left window S[(j-1)r - sbs, (j-1)r), right window S[(j+2)r, (j+2)r + sbs), valid for every r >= 1
-    (the reference crashes for odd r and shifts the right window for r == 1, D3).
-    """
-    r, sbs = settings.sparse_per_block, settings.sparse_block_size
-    j = torch.arange(blocks, device=device)[:, None] * r
-    i = torch.arange(sbs, device=device)[None]
-    offset = sbs + r
-    return torch.cat([j - r - sbs + i, j + 2 * r + i], dim=1) + offset
 
 
 @dataclass
@@ -137,7 +97,8 @@ class BlockKeys:
     Attributes:
         key, value: (B, H, G+T', D), the G globals first (T' a multiple of bs).
         sparse_key, sparse_value: (B, H, S + 2*margin, D) sparse tokens from the selector padded by
-            margin = sbs + r zeros on both sides (indexed by `sparse_window_index`), or None without sparse.
+            margin = `lsg.layout.sparse_margin` zeros on both sides (indexed by `sparse_window_index`), or None
+            without sparse.
         visible: (B, 1|H, N, K) bool, which of the K keys of token block j its queries may see.
         all_valid: (B, G+T') bool, the keys global queries may see (globals and valid tokens).
         sparse_valid: (B, 1|H, S) validity of the sparse tokens, or None; with `all_valid`, what kernels
@@ -164,14 +125,13 @@ class BlockKeys:
     @property
     def remote_width(self) -> int:
         """How many of a block's K keys lie outside its local window: the G globals and the 2*sbs sparse keys."""
-        return self.visible.shape[-1] - 3 * self.settings.block_size
+        return self.visible.shape[-1] - local_width(self.settings.block_size)
 
     def gather(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """Keys and values of token blocks [start, stop), each (B, H, n, K, D) in layout order, one copy each."""
         keys, values = self._remote_parts(start, stop)
-        keys.append(self._local_windows(self.key, start, stop))
-        values.append(self._local_windows(self.value, start, stop))
-        return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+        local_keys, local_values = self.local(start, stop)
+        return torch.cat([*keys, local_keys], dim=3), torch.cat([*values, local_values], dim=3)
 
     def remote(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """The first `remote_width` keys and values of blocks [start, stop), (B, H, n, G+2sbs, D): copied with
@@ -182,8 +142,10 @@ class BlockKeys:
         return torch.cat(keys, dim=3), torch.cat(values, dim=3)
 
     def local(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        """The local-window keys and values of blocks [start, stop), (B, H, n, 3bs, D) strided views."""
-        return self._local_windows(self.key, start, stop), self._local_windows(self.value, start, stop)
+        """The local-window keys and values of blocks [start, stop), (B, H, n, 3bs, D) strided views (only chunks
+        touching either end of the sequence get a small zero-padded copy)."""
+        G, bs = self.settings.num_global_tokens, self.settings.block_size
+        return tuple(local_windows(x[:, :, G:], bs, start, stop) for x in (self.key, self.value))
 
     def _remote_parts(self, start: int, stop: int) -> tuple[list[Tensor], list[Tensor]]:
         G = self.settings.num_global_tokens
@@ -196,24 +158,13 @@ class BlockKeys:
             values += self._sparse_windows(self.sparse_value, start, stop)
         return keys, values
 
-    def _local_windows(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Token rows [(j-1)*bs, (j+2)*bs) of blocks j in [start, stop) as a strided view (B, H, n, 3bs, D);
-        only chunks touching either end of the sequence get a (small) zero-padded copy."""
-        G, bs = self.settings.num_global_tokens, self.settings.block_size
-        tokens = x[:, :, G:]
-        low, high = (start - 1) * bs, (stop + 1) * bs
-        rows = tokens[:, :, max(low, 0) : min(high, tokens.shape[2])]
-        if low < 0 or high > tokens.shape[2]:
-            rows = F.pad(rows, (0, 0, max(0, -low), max(0, high - tokens.shape[2])))
-        return rows.unfold(2, 3 * bs, bs).movedim(-1, 3)
-
     def _sparse_windows(self, x: Tensor, start: int, stop: int) -> list[Tensor]:
-        """Left and right sparse windows of blocks [start, stop) as strided views (B, H, n, sbs, D) of S padded by
-        margin = sbs + r: block j's left window starts at j*r there, its right one at j*r + 3r + sbs."""
-        r, sbs = self.settings.sparse_per_block, self.settings.sparse_block_size
-        left = x[:, :, start * r : (stop - 1) * r + sbs]
-        right = x[:, :, start * r + 3 * r + sbs : (stop - 1) * r + 3 * r + 2 * sbs]
-        return [w.unfold(2, sbs, r).movedim(-1, 3) for w in (left, right)]
+        """Left and right sparse windows of blocks [start, stop) as strided views (B, H, n, sbs, D) of S padded
+        by `sparse_margin`: consecutive blocks' windows start r entries apart."""
+        r, margin = self.settings.sparse_per_block, sparse_margin(self.settings)
+        windows = zip(sparse_windows(start, self.settings), sparse_windows(stop - 1, self.settings), strict=True)
+        return [x[:, :, first_low + margin : last_high + margin].unfold(2, self.settings.sparse_block_size, r)
+                .movedim(-1, 3) for (first_low, _), (_, last_high) in windows]
 
 
 def build_block_keys(
@@ -224,7 +175,7 @@ def build_block_keys(
     B, _, total, _ = key.shape
     N = (total - G) // bs
     visible = [valid.new_ones(B, 1, N, G)]
-    margin = settings.sparse_block_size + settings.sparse_per_block if sparse is not None else 0
+    margin = sparse_margin(settings) if sparse is not None else 0
     if sparse is not None:
         index = sparse_window_index(N, settings, key.device)  # (N, 2*sbs) into S padded by margin
         visible.append(F.pad(sparse.valid, (margin, margin), value=False)[:, :, index])  # (B, 1|H, N, 2sbs)
@@ -290,11 +241,11 @@ def lsg_layer(
     the kernel runs the sparse selection through `layout`. Shapes otherwise as `AttentionVariant`.
     """
     B, H, total, D = query.shape
-    G, bs = settings.num_global_tokens, settings.block_size
+    G = settings.num_global_tokens
     T = total - G
     dropout = dropout if training else 0.0
     valid = key_validity(token_valid, settings)
-    if 2 * bs >= T:
+    if uses_short_rule(T, settings):
         visible = torch.cat([valid.new_ones(B, G), valid], dim=1)[:, None, None]  # (B, 1, 1, G+T)
         return attend(query, key, value, visible, scaling, dropout)
 
@@ -341,36 +292,8 @@ def block_variant(kernel: BlockKernel, name: str, doc: str) -> AttentionVariant:
     return variant
 
 
-lsg_blocked_attention = ATTENTION_VARIANTS.register("lsg_blocked")(block_variant(
+lsg_blocked_attention = block_variant(
     gathered_attention, "lsg_blocked_attention",
     "The plain blocked kernel (spec §3.2 pseudocode), kept as the tested baseline: its gathered keys and values, "
     "(B, H, N, K, D) each, stay alive for the backward pass.",
-))
-
-
-def default_variant_name(query: Tensor, dropout: float, training: bool) -> str:
-    """The variant "lsg" runs: compiled flex_attention on CUDA (it has no dropout and no CPU backward),
-    the memory-efficient blocked kernel everywhere else."""
-    if query.is_cuda and not (training and dropout > 0):
-        return "lsg_flex"
-    return "lsg_fast"
-
-
-@ATTENTION_VARIANTS.register("lsg")
-def lsg_attention(
-    query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
-) -> Tensor:
-    """LSG attention for one layer on the fastest correct path for the device (see `default_variant_name`).
-
-    This is the default `attn_implementation` of converted models. Shapes as `AttentionVariant`.
-    """
-    variant = ATTENTION_VARIANTS.get(default_variant_name(query, dropout, training))
-    return variant(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout, training=training,
-                   layer_index=layer_index)
-
-
-# The fast kernels build on the helpers above; importing them here registers "lsg_fast" and "lsg_flex"
-# wherever this module is imported, so "lsg" always finds them.
-import lsg.fast  # noqa: E402, F401
-import lsg.flex  # noqa: E402, F401
+)

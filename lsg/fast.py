@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lsg.attention import ATTENTION_VARIANTS, BlockKeys, KeyLayout, block_variant, sparse_window_index
+from lsg.attention import BlockKeys, KeyLayout, block_variant
+from lsg.layout import LOCAL_BLOCK_OFFSETS, sparse_window_index
 
 # Key elements (remote and local) per chunk: 2**20 fp32 elements, 2 blocks of RoBERTa-base at the defaults, so 16
 # chunks at 4096 tokens. Measured on 2 cores (torch 2.13, RoBERTa-base heads, fwd+bwd of one layer's attention):
@@ -189,11 +190,12 @@ def _scatter_local_grads(grad: Tensor, keys: BlockKeys, into: Tensor, start: int
     into `into` (B, H, G+T', D): the adjoint of `BlockKeys.local`."""
     bs, N = keys.settings.block_size, keys.blocks
     blocks = keys.token_blocks(into)  # (B, H, N, bs, D) view
-    for offset in range(3):  # block j's window holds blocks j-1, j, j+1: a loop over offsets, not blocks
-        low, high = max(start, 1 - offset), min(stop, N + 1 - offset)  # blocks j whose j-1+offset exists
+    # Column c of block j's window is block j + LOCAL_BLOCK_OFFSETS[c]: a loop over the offsets, not the blocks.
+    for column, offset in enumerate(LOCAL_BLOCK_OFFSETS):
+        low, high = max(start, -offset), min(stop, N - offset)  # the blocks j whose block j + offset exists
         if low < high:
-            columns = slice(offset * bs, (offset + 1) * bs)
-            blocks[:, :, low - 1 + offset : high - 1 + offset].add_(grad[:, :, low - start : high - start, columns])
+            columns = slice(column * bs, (column + 1) * bs)
+            blocks[:, :, low + offset : high + offset].add_(grad[:, :, low - start : high - start, columns])
 
 
 class _KeySet(NamedTuple):
@@ -342,6 +344,6 @@ def fast_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout,
     return _BlockedAttention.apply(query, key, value, layout, core)
 
 
-lsg_fast_attention = ATTENTION_VARIANTS.register("lsg_fast")(block_variant(
+lsg_fast_attention = block_variant(
     fast_attention, "lsg_fast_attention", "LSG attention with the chunked, recomputing kernel of `lsg.fast`."
-))
+)

@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention, or_masks
 
-from lsg.attention import ATTENTION_VARIANTS, KeyLayout, attend, block_variant
+from lsg.attention import KeyLayout, attend, block_variant
+from lsg.layout import local_window, sees_local, sees_sparse, sparse_margin, sparse_windows
 from lsg.settings import LSGSettings
 
 TILE = 128  # flex_attention's default block size (query and key tiles)
@@ -39,14 +40,15 @@ def compiled_flex_attention() -> Callable[..., Tensor]:
 def _key_ranges(settings: LSGSettings, first: Tensor, last: Tensor, tokens: int, sparse: int
                 ) -> list[tuple[Tensor, Tensor]]:
     """[lo, hi) ranges of the concatenated keys seen by query rows whose blocks run from `first` to `last`,
-    each clipped to its own segment (a window falling off the sequence sees nothing, not the next segment)."""
-    bs, G = settings.block_size, settings.num_global_tokens
-    ranges = [((first - 1) * bs, (last + 2) * bs, 0, tokens)]  # local windows
-    if sparse:
-        r, sbs = settings.sparse_per_block, settings.sparse_block_size
-        ranges.append(((first - 1) * r - sbs, (last - 1) * r, 0, sparse))  # left windows, in S
-        ranges.append(((first + 2) * r, (last + 2) * r + sbs, 0, sparse))  # right windows, in S
-        ranges[1:] = [(lo + tokens, hi + tokens, a + tokens, b + tokens) for lo, hi, a, b in ranges[1:]]
+    each clipped to its own segment (a window falling off the sequence sees nothing, not the next segment).
+
+    The windows only move right from one block to the next, so the range of blocks first..last runs from the
+    start of block `first`'s window to the end of block `last`'s."""
+    G = settings.num_global_tokens
+    ranges = [(local_window(first, settings.block_size)[0], local_window(last, settings.block_size)[1], 0, tokens)]
+    if sparse:  # the left windows, then the right ones, in S
+        for (low, _), (_, high) in zip(sparse_windows(first, settings), sparse_windows(last, settings), strict=True):
+            ranges.append((low + tokens, high + tokens, tokens, tokens + sparse))
     globals_ = tokens + sparse
     ranges.append((torch.full_like(first, globals_), torch.full_like(first, globals_ + G), globals_, globals_ + G))
     return [(lo.clamp(a, b), hi.clamp(a, b)) for lo, hi, a, b in ranges]
@@ -74,24 +76,24 @@ def lsg_block_mask(settings: LSGSettings, tokens: int, sparse: int, mask_mod: Ca
 
 
 def lsg_mask_mod(settings: LSGSettings, token_valid: Tensor, sparse_valid: Tensor | None) -> Callable:
-    """The layout as a flex `mask_mod(b, h, q, kv)`: token_valid (B, T'), sparse_valid (B, H, S) or None."""
-    bs, G = settings.block_size, settings.num_global_tokens
+    """The layout as a flex `mask_mod(b, h, q, kv)` over the keys [tokens | S | globals] (`lsg.layout`'s predicates
+    plus validity): token_valid (B, T'), sparse_valid (B, H, S) or None."""
     tokens = token_valid.shape[1]
     sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
-    r, sbs = settings.sparse_per_block, settings.sparse_block_size
 
-    def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        block = q // bs
+    def local_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         token = kv.clamp(max=tokens - 1)
-        visible = (kv < tokens) & ((token // bs - block).abs() <= 1) & token_valid[b, token]
-        if sparse:
-            s = kv - tokens
-            in_window = ((s >= (block - 1) * r - sbs) & (s < (block - 1) * r)) | (
-                (s >= (block + 2) * r) & (s < (block + 2) * r + sbs))
-            visible = visible | (s >= 0) & (s < sparse) & in_window & sparse_valid[b, h, s.clamp(0, sparse - 1)]
-        return visible | ((kv >= tokens + sparse) & (kv < tokens + sparse + G))
+        return (kv < tokens) & sees_local(q, token, settings.block_size) & token_valid[b, token]
 
-    return mask_mod
+    def sparse_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        entry = kv - tokens
+        inside = (entry >= 0) & (entry < sparse)
+        return inside & sees_sparse(q, entry, settings) & sparse_valid[b, h, entry.clamp(0, sparse - 1)]
+
+    def global_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return (kv >= tokens + sparse) & (kv < tokens + sparse + settings.num_global_tokens)
+
+    return or_masks(local_keys, sparse_keys, global_keys) if sparse else or_masks(local_keys, global_keys)
 
 
 def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float, *,
@@ -111,7 +113,7 @@ def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: Key
     parts_k, parts_v = [keys.key[:, :, G:]], [keys.value[:, :, G:]]
     sparse_valid = None
     if keys.sparse_key is not None:
-        margin = settings.sparse_block_size + settings.sparse_per_block  # `BlockKeys` pads S by this much
+        margin = sparse_margin(settings)  # `BlockKeys` pads S by this much
         parts_k.append(keys.sparse_key[:, :, margin:-margin])
         parts_v.append(keys.sparse_value[:, :, margin:-margin])
         sparse_valid = keys.sparse_valid.expand(B, H, -1)  # (B, H, S)
@@ -126,8 +128,8 @@ def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: Key
     return torch.cat([out_global, out_tokens], dim=2)
 
 
-lsg_flex_attention = ATTENTION_VARIANTS.register("lsg_flex")(block_variant(
+lsg_flex_attention = block_variant(
     flex_attention_kernel, "lsg_flex_attention",
     "LSG attention with compiled flex_attention (forward and backward on CUDA, forward only on CPU); raises "
     "ValueError when dropout is active.",
-))
+)

@@ -1,8 +1,9 @@
 """The only module that touches transformers internals (integration notes: shared docs, §1-§3).
 
-* Every attention variant of `lsg.attention.ATTENTION_VARIANTS` is registered by name in
-  `AttentionInterface`, together with a mask function in `AttentionMaskInterface` (without it,
-  transformers silently drops the padding mask for custom implementations). The mask function hands
+* Every attention variant of `lsg.variants.ATTENTION_VARIANTS` is registered by name in
+  `AttentionInterface` (`register_with_transformers`), together with a mask function in
+  `AttentionMaskInterface` (without it, transformers silently drops the padding mask for custom
+  implementations). The mask function hands
   the (B, T) padding mask through unchanged for bidirectional attention, so no T x T mask is built.
 * Calls from modules LSG does not own (no `lsg_layer_index` stamp: decoder self-attention,
   cross-attention) go to transformers' SDPA unchanged, after left-padding a 2-D mask to the key
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,7 +34,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 from transformers.utils import ModelOutput
 
-from lsg.attention import ATTENTION_VARIANTS
+from lsg.attention import AttentionVariant
 from lsg.families import Family, family_of
 from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 
@@ -77,8 +79,8 @@ def _token_validity(attention_mask: Tensor | None, batch: int, tokens: int, devi
     return attention_mask[:, -tokens:].bool()
 
 
-def _interface_for(variant_name: str):
-    variant = ATTENTION_VARIANTS.get(variant_name)
+def _interface_for(variant_name: str, variant: AttentionVariant) -> Callable[..., tuple[Tensor, None]]:
+    """The transformers attention function running `variant` on the modules LSG owns."""
 
     def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                           attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
@@ -105,14 +107,13 @@ def _interface_for(variant_name: str):
     return attention_forward
 
 
-def _register_with_transformers(name: str, variant: object) -> None:
-    AttentionInterface.register(name, _interface_for(name))
+def register_with_transformers(name: str, variant: AttentionVariant) -> None:
+    """Make `variant` selectable as `attn_implementation=name`: its attention and mask functions, under one name.
+
+    transformers keeps them in process-wide tables, where a name registered again silently replaces the first.
+    """
+    AttentionInterface.register(name, _interface_for(name, variant))
     AttentionMaskInterface.register(name, lsg_mask)
-
-
-def register_attention_variants() -> None:
-    """Make every variant, including ones registered later, selectable as `attn_implementation=<name>`."""
-    ATTENTION_VARIANTS.on_register(_register_with_transformers)
 
 
 # --- global tokens -------------------------------------------------------------------------------------------

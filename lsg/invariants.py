@@ -2,7 +2,7 @@
 
 I3: at T <= 2*bs, with the global keys hidden and `pool_with_global=False`, the LSG model's real-token
 outputs equal the original model's. Hiding the global keys needs an attention variant of its own,
-"lsg_tokens_only", registered here (and so, through the registry, with transformers).
+`tokens_only_attention`, registered as "lsg_tokens_only" by `lsg.variants`.
 Only the short rule is covered: beyond 2*bs the LSG layout differs from dense attention by design.
 
 I3' does not hold exactly (every token also attends to the globals, and the first token's output is
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lsg.attention import ATTENTION_VARIANTS, attend
+from lsg.attention import attend
+from lsg.layout import uses_short_rule
 from lsg.settings import LSGSettings
 
 TOKENS_ONLY = "lsg_tokens_only"
 
 
-@ATTENTION_VARIANTS.register(TOKENS_ONLY)
 def tokens_only_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
@@ -47,14 +47,13 @@ def tokens_only_attention(
     """
     G, bs = settings.num_global_tokens, settings.block_size
     T = key.shape[2] - G
-    if 2 * bs < T:
+    if not uses_short_rule(T, settings):
         raise ValueError(
             f"{TOKENS_ONLY} covers only the short rule T <= 2*block_size = {2 * bs}, got T={T}; "
             "use shorter inputs or convert with a larger block_size"
         )
     visible = F.pad(token_valid.bool(), (G, 0), value=False)[:, None, None]  # (B, 1, 1, G+T)
     return attend(query, key, value, visible, scaling, dropout if training else 0.0)
-
 
 
 @contextmanager

@@ -22,9 +22,9 @@ import transformers
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
-import lsg.reference  # noqa: F401  (registers the "lsg_reference" variant before the interfaces are built)
+import lsg.variants  # noqa: F401  (registers "lsg", the default attn_implementation of the config classes below)
 from lsg.families import AUTO_CLASS_OF_SUFFIX, FAMILIES, Family, family_of
-from lsg.hf import install_lsg, register_attention_variants
+from lsg.hf import install_lsg
 from lsg.settings import LSG_MARKER, LSGSettings
 
 
@@ -90,7 +90,6 @@ def _register_family(family: Family) -> None:
         getattr(transformers, AUTO_CLASS_OF_SUFFIX[suffix]).register(config_class, model_class, exist_ok=True)
 
 
-register_attention_variants()
 for _family in FAMILIES.values():
     _register_family(_family)
 

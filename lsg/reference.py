@@ -4,8 +4,8 @@ It shares no code with the fast kernel except the seeded LSH projections (random
 the same to compare) and the validated settings. Sparse tokens are built with explicit loops over
 groups and chunks; the attention builds augmented keys [globals | tokens | sparse S] per head and an
 explicit boolean visibility matrix (G+T') x (G+T'+S) from the index rules, then runs one float64
-masked softmax. Used by the tests and registered as the attention variant "lsg_reference" so whole
-models can be run against it.
+masked softmax. Used by the tests, and registered as the attention variant "lsg_reference" (`lsg.variants`)
+so whole models can be run against it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsg.attention import ATTENTION_VARIANTS
 from lsg.selectors import lsh_projections
 from lsg.settings import LSGSettings
 
@@ -128,7 +127,6 @@ def reference_visibility(length: int, settings: LSGSettings) -> tuple[Tensor, Te
     return dense, sparse
 
 
-@ATTENTION_VARIANTS.register("lsg_reference")
 def reference_lsg_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,

@@ -1,7 +1,8 @@
 """A name -> object map with a `register` decorator, shared by every registry in the project.
 
 Registering a name twice raises; an unknown name raises `KeyError` with a did-you-mean hint and the
-list of available names, so a typo on the command line fails at startup with a useful message.
+list of available names, so a typo on the command line fails at startup with a useful message. A registry
+built with `on_add` also hands every new entry to it (the attention variants go on to transformers).
 """
 
 from __future__ import annotations
@@ -16,16 +17,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Named objects of one kind (attention variants, sparse selectors, tasks, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, on_add: Callable[[str, T], None] | None = None) -> None:
+        """`kind` names the entries in error messages; `on_add(name, obj)` runs for every entry added."""
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._listeners: list[Callable[[str, T], None]] = []
-
-    def on_register(self, listener: Callable[[str, T], None]) -> None:
-        """Call `listener(name, obj)` for every entry, now and whenever one is added later."""
-        self._listeners.append(listener)
-        for name, obj in self._entries.items():
-            listener(name, obj)
+        self._on_add = on_add
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator adding an object under `name`; a second object under the same name raises."""
@@ -34,8 +30,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
-            for listener in self._listeners:
-                listener(name, obj)
+            if self._on_add is not None:
+                self._on_add(name, obj)
             return obj
 
         return add

@@ -2,7 +2,7 @@
 
 1. Correctness of "lsg_flex" (compiled flex_attention, what "lsg" runs on CUDA) against the plain blocked
    kernel "lsg_blocked", for every selector, with padding: forward in fp32 and bf16, backward in fp32.
-2. Timing: `lsg.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
+2. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
    HF BigBird and LSG, at the lengths given (default 4096 16384 65536); it writes runs/bench/<gpu>-<date>.json.
 
 Without CUDA it exits with status 2 and says so. The README's GPU targets stay unverified until someone
@@ -15,13 +15,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `tools/` sits beside the package and is not installed: run as a file, this script finds it from the repo root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lsg.attention import ATTENTION_VARIANTS  # noqa: E402
 from lsg.settings import SPARSITY_TYPES, LSGSettings  # noqa: E402
+from lsg.variants import ATTENTION_VARIANTS  # noqa: E402
 
 
 def check_variant(sparsity_type: str, dtype: torch.dtype, device: torch.device) -> tuple[float, float | None]:
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {sparsity_type:12s} {str(dtype):15s} outputs {output_error:.2e}"
                   f"{grad_text}")
     if not args.no_timing:
-        from lsg.bench import main as bench
+        from tools.bench import main as bench
 
         bench(["--lengths", *map(str, args.lengths), "--layers", str(args.layers), "--batch", str(args.batch),
                "--systems", "full_sdpa", "longformer_512", "bigbird", "lsg_norm", "lsg_local_256"])

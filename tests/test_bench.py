@@ -1,4 +1,4 @@
-"""`python -m lsg.bench` runs end to end on a tiny encoder; scripts/gpu_check.py explains itself without a GPU."""
+"""`python -m tools.bench` runs end to end on a tiny encoder; scripts/gpu_check.py explains itself without a GPU."""
 
 import json
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsg.bench import main, skip_reason
-from lsg.bench_systems import Shape, all_systems
+from tools.bench import main, skip_reason
+from tools.bench_systems import Shape, all_systems
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,11 @@ from conftest import tiny_config_kwargs, tiny_model
 from transformers import BertConfig, BertForMaskedLM, BertLMHeadModel
 
 import lsg
-from lsg.attention import lsg_attention
 from lsg.positions import global_positions, tile_positions
 from lsg.reference import reference_lsg_attention
 from lsg.selectors import SelectorInputs, select_sparse_tokens
 from lsg.settings import LSGSettings
+from lsg.variants import lsg_attention
 
 IDS = dict(bos_token_id=0, mask_token_id=4)
 

@@ -13,17 +13,12 @@ from transformers import RobertaConfig
 
 import lsg
 import lsg.fast as fast
-from lsg.attention import (
-    ATTENTION_VARIANTS,
-    KeyLayout,
-    default_variant_name,
-    lsg_blocked_attention,
-    lsg_layer,
-)
+from lsg.attention import KeyLayout, lsg_blocked_attention, lsg_layer
 from lsg.flex import flex_attention_kernel, lsg_block_mask, lsg_mask_mod
 from lsg.memory import PeakMemory
 from lsg.reference import reference_lsg_attention
 from lsg.settings import SPARSITY_TYPES, LSGSettings
+from lsg.variants import ATTENTION_VARIANTS, default_variant_name
 
 FAST = ["lsg_fast", "lsg"]
 

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTo
 
 import lsg
 from lsg.assets import bbc_articles, minilm_dir
-from lsg.demo import lead_texts, longest_article, peak_memory
 from lsg.invariants import embedding_cosines, tokens_only_max_diff
+from tools.demo import lead_texts, longest_article, peak_memory
 
 MAX_LENGTH = 4096
 

@@ -1,4 +1,4 @@
-"""`python -m lsg.pattern`: the PNG is written, and what it draws follows the library's rules (spec §3.2, §4)."""
+"""`python -m tools.pattern`: the PNG is written, and what it draws follows the library's rules (spec §3.2, §4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lsg.pattern import (
+from lsg.settings import LSGSettings
+from tools.pattern import (
     DEFAULT_COST_LENGTHS,
     GLOBAL,
     LOCAL,
@@ -17,7 +18,6 @@ from lsg.pattern import (
     keys_per_query_curve,
     main,
 )
-from lsg.settings import LSGSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

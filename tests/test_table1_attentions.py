@@ -28,7 +28,7 @@ def inputs(length=21, batch=2, heads=3, dim=8, pad=5, dtype=torch.float64):
 
 
 def call(variant, q, k, v, valid, layer_index=0):
-    fn = lsg.ATTENTION_VARIANTS.get(variant) if isinstance(variant, str) else variant
+    fn = lsg.ATTENTION_VARIANTS.get(baselines.attention_name(variant)) if isinstance(variant, str) else variant
     return fn(q, k, v, valid, SETTINGS, scaling=SCALING, layer_index=layer_index)
 
 
@@ -237,7 +237,7 @@ def test_full_variant_in_a_model_equals_sdpa(family):
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits
         swapped = baselines.swap_attention(copy.deepcopy(model), "full")
-        assert swapped.config._attn_implementation == "full"
+        assert swapped.config._attn_implementation == "table1_full"
         actual = swapped(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-6, rtol=0)
 
@@ -270,10 +270,10 @@ def test_left_padding_works_on_a_plain_model(name):
 
 
 def test_parameters_make_a_named_variant_once():
-    assert baselines.attention_name("performer") == "performer"
-    assert baselines.attention_name("performer", num_features=256) == "performer"  # default: canonical name
+    assert baselines.attention_name("performer") == "table1_performer"
+    assert baselines.attention_name("performer", num_features=256) == "table1_performer"  # default: canonical name
     name = baselines.attention_name("reformer", num_hashes=2, chunk_size=32)
-    assert name == "reformer:chunk_size=32,num_hashes=2" and name in lsg.ATTENTION_VARIANTS
+    assert name == "table1_reformer:chunk_size=32,num_hashes=2" and name in lsg.ATTENTION_VARIANTS
     assert baselines.attention_name("reformer", chunk_size=32, num_hashes=2) == name
     model = baselines.swap_attention(tiny(), "reformer", chunk_size=32, num_hashes=2)
     assert model.config._attn_implementation == name

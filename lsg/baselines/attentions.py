@@ -1,8 +1,8 @@
-"""The attentions of the paper's Table 1 (RoBERTa-base with its attention swapped, no training), as variants
-of the project's one registry `lsg.attention.ATTENTION_VARIANTS`.
+"""The attentions of the paper's Table 1 (RoBERTa-base with its attention swapped, no training), as plain functions
+and classes with the `lsg.attention.AttentionVariant` signature.
 
-Every variant has the `lsg.attention.AttentionVariant` signature, so `lsg.hf` makes it selectable as
-`attn_implementation=<name>` for every supported architecture. Table-1 models have no global tokens: the
+`lsg.variants` registers them as "table1_<name>", which `lsg.hf` makes selectable as `attn_implementation=` for
+every supported architecture. Table-1 models have no global tokens: the
 G leading rows the interface hands over (a converted model's globals, or the first token of a plain model,
 see `lsg.baselines.swap`) are treated as ordinary, always-valid tokens, and every row attends under the
 variant's own rule. Padded keys never contribute to a real query's output.
@@ -32,18 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsg.attention import ATTENTION_VARIANTS
+from lsg.layout import local_windows
 from lsg.settings import LSGSettings
 
 __all__ = [
-    "LinformerAttention", "LocalAttention", "PerformerAttention", "block_windows", "efficient_attention",
-    "full_attention", "layer_generator", "linear_attention", "row_validity", "softmax_attention",
+    "LinformerAttention", "LocalAttention", "PerformerAttention", "efficient_attention", "full_attention",
+    "layer_generator", "linear_attention", "padded_rows", "row_validity", "softmax_attention",
 ]
 
 
 def row_validity(token_valid: Tensor, rows: int) -> Tensor:
     """(B, G+T) validity of every row: the G leading rows count as real tokens, then `token_valid` (B, T)."""
     return F.pad(token_valid.bool(), (rows - token_valid.shape[1], 0), value=True)
+
+
+def padded_rows(token_valid: Tensor, rows: int, multiple: int) -> tuple[int, Tensor]:
+    """L' = `rows` rounded up to a multiple of `multiple`, and the (B, L') validity of the rows padded to it."""
+    padded = -(-rows // multiple) * multiple
+    return padded, F.pad(row_validity(token_valid, rows), (0, padded - rows), value=False)
 
 
 def softmax_attention(query: Tensor, key: Tensor, value: Tensor, visible: Tensor, scaling: float,
@@ -67,7 +73,6 @@ def layer_generator(seed: int, layer_index: int, stream: int = 0) -> torch.Gener
     return torch.Generator().manual_seed(1_000_003 * seed + 101 * layer_index + stream)
 
 
-@ATTENTION_VARIANTS.register("full")
 def full_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
@@ -86,7 +91,6 @@ def _kernel_attention(phi_query: Tensor, phi_key: Tensor, value: Tensor, valid: 
     return (phi_query @ context) / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
 
 
-@ATTENTION_VARIANTS.register("linear")
 def linear_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
@@ -102,7 +106,6 @@ def linear_attention(
     return _kernel_attention(F.elu(query) + 1, F.elu(key) + 1, value, valid).to(dtype)
 
 
-@ATTENTION_VARIANTS.register("efficient")
 def efficient_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
     scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
@@ -228,18 +231,12 @@ class LinformerAttention:
                                               scale=scaling)
 
 
-def block_windows(x: Tensor, block_size: int, fill: float | bool = 0) -> Tensor:
-    """Blocks j-1, j, j+1 of every block j along dim 2: (B, H, N*bs, ...) -> (B, H, N, 3*bs, ...)."""
-    pad = [0, 0] * (x.dim() - 3) + [block_size, block_size]
-    return F.pad(x, pad, value=fill).unfold(2, 3 * block_size, block_size).movedim(-1, 3)
-
-
 @dataclass(frozen=True)
 class LocalAttention:
     """Local-only attention: the queries of block j (bs rows) see the keys of blocks j-1, j and j+1.
 
-    This is LSG's local pattern without sparse or global keys (`sparsity_type=None` and no globals),
-    so a query sees between 2*bs and 3*bs keys whatever the length.
+    This is LSG's local pattern (`lsg.layout.local_windows`) without sparse or global keys
+    (`sparsity_type=None` and no globals), so a query sees between 2*bs and 3*bs keys whatever the length.
 
     Attributes:
         block_size: bs (default 128, the paper's LSG block size).
@@ -258,12 +255,11 @@ class LocalAttention:
         """Shapes as `AttentionVariant`."""
         B, H, L, D = query.shape
         bs = self.block_size
-        N = -(-L // bs)
-        padded = N * bs
-        valid = F.pad(row_validity(token_valid, L), (0, padded - L), value=False)  # (B, L')
+        padded, valid = padded_rows(token_valid, L, bs)  # valid: (B, L')
+        N = padded // bs
         query, key, value = (F.pad(x, (0, 0, 0, padded - L)) for x in (query, key, value))
-        keys, values = block_windows(key, bs), block_windows(value, bs)  # (B, H, N, 3bs, D)
-        visible = block_windows(valid[:, None], bs, fill=False)  # (B, 1, N, 3bs)
+        keys, values = local_windows(key, bs), local_windows(value, bs)  # (B, H, N, 3bs, D)
+        visible = local_windows(valid[:, None], bs, fill=False)  # (B, 1, N, 3bs)
         # SDPA's fused kernels take 4-D inputs: fold (H, N) into one batch dimension.
         out = softmax_attention(
             query.reshape(B, H * N, bs, D), keys.reshape(B, H * N, 3 * bs, D), values.reshape(B, H * N, 3 * bs, D),
@@ -271,7 +267,3 @@ class LocalAttention:
         )
         return out.view(B, H, padded, D)[:, :, :L]
 
-
-ATTENTION_VARIANTS.register("performer")(PerformerAttention())
-ATTENTION_VARIANTS.register("linformer")(LinformerAttention())
-ATTENTION_VARIANTS.register("local")(LocalAttention())

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsg.attention import ATTENTION_VARIANTS
-from lsg.baselines.attentions import layer_generator, row_validity
+from lsg.baselines.attentions import layer_generator, padded_rows
 from lsg.settings import LSGSettings
 
 
@@ -79,13 +78,11 @@ class ReformerAttention:
         scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
     ) -> Tensor:
         """Shapes as `AttentionVariant`; `key` is not used (shared QK)."""
-        B, H, L, D = query.shape
-        c = self.chunk_size
-        C = -(-L // c)
-        padded = C * c
+        c, (B, H, L, D) = self.chunk_size, query.shape
+        padded, valid = padded_rows(token_valid, L, c)
+        valid, C = valid[:, None], padded // c  # (B, 1, L'), chunks
         buckets = self.bucket_count(L)
         rotation = self.rotations(H, D, L, layer_index).to(query.device, query.dtype)
-        valid = F.pad(row_validity(token_valid, L), (0, padded - L), value=False)[:, None]  # (B, 1, L')
         query, value = (F.pad(x, (0, 0, 0, padded - L)) for x in (query, value))
         shared_key = F.normalize(query, dim=-1)
 
@@ -123,5 +120,3 @@ class ReformerAttention:
         out = (lse.softmax(dim=0) * out).sum(0)  # rounds weighted by their total attention mass
         return out[:, :, :L]
 
-
-ATTENTION_VARIANTS.register("reformer")(ReformerAttention())

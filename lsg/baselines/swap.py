@@ -2,8 +2,8 @@
 
 `swap_attention` selects a registered variant through transformers' attention interface (`lsg.hf`): it
 stamps `lsg_layer_index` on the self-attention modules, which is what makes `lsg.hf` hand the calls to
-the variant instead of SDPA, and calls `set_attn_implementation`. The stamps are not saved: a reloaded
-model runs SDPA until swapped again.
+the variant instead of SDPA, and calls `set_attn_implementation` with the variant's registered name,
+"table1_<name>" (`lsg.variants`). The stamps are not saved: a reloaded model runs SDPA until swapped again.
 
 A plain model has no global tokens: `lsg.hf` hands the variant every row as a token, with the padding
 mask covering all of them, so left and right padding both work.
@@ -17,34 +17,36 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from lsg.attention import ATTENTION_VARIANTS
 from lsg.baselines import transfer
 from lsg.families import FAMILIES, family_of
+from lsg.variants import ATTENTION_VARIANTS, TABLE1_PREFIX, register_table1_variants
 
-TABLE1_ATTENTIONS: tuple[str, ...] = ("full", "linear", "efficient", "performer", "linformer", "reformer", "local")
+# The names users pass ("full", "linear", ...); registering them (once) puts them in the interface as "table1_<name>".
+TABLE1_ATTENTIONS: tuple[str, ...] = register_table1_variants()
 
 
 def attention_name(name: str, **params: Any) -> str:
     """Registered name of Table-1 attention `name` with `params`, registering the configured variant once.
 
-    Without params, or with only default values, that is `name` itself; otherwise e.g.
-    "performer:num_features=128" (sorted, non-default parameters only).
+    Without params, or with only default values, that is "table1_<name>"; otherwise e.g.
+    "table1_performer:num_features=128" (sorted, non-default parameters only).
 
     Raises:
         ValueError: unknown attention, or a parameter it does not take, or a bad value.
     """
     if name not in TABLE1_ATTENTIONS:
         raise ValueError(f"attention {name!r} is not a Table-1 attention; use one of {list(TABLE1_ATTENTIONS)}")
-    variant = ATTENTION_VARIANTS.get(name)
+    registered = TABLE1_PREFIX + name
+    variant = ATTENTION_VARIANTS.get(registered)
     accepted = [f.name for f in fields(variant)] if is_dataclass(variant) else []
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"attention {name!r} takes no parameter {unknown}; accepted: {accepted or 'none'}")
     changed = {k: v for k, v in sorted(params.items()) if v != getattr(variant, k)}
     if not changed:
-        return name
+        return registered
     configured = replace(variant, **changed)  # validates the values
-    full_name = f"{name}:" + ",".join(f"{k}={v}" for k, v in changed.items())
+    full_name = f"{registered}:" + ",".join(f"{k}={v}" for k, v in changed.items())
     if full_name not in ATTENTION_VARIANTS:
         ATTENTION_VARIANTS.register(full_name)(configured)
     return full_name

@@ -1,7 +1,7 @@
-"""`python -m lsg.bench` (`make bench`): forward+backward steps of LSG vs full attention, Longformer and BigBird.
+"""`python -m tools.bench` (`make bench`): forward+backward steps of LSG vs full attention, Longformer and BigBird.
 
 A benchmark, not a test: it times training steps (forward, backward, no optimizer) of RoBERTa-base-shaped
-encoders with random weights (`lsg.bench_systems`), interleaving the systems in each round so that load
+encoders with random weights (`tools.bench_systems`), interleaving the systems in each round so that load
 from other processes hits them alike, and reports the median after one warm-up step.
 
 * Time: wall clock of a step (CUDA synchronised). Timed repeats per cell are `--repeats`, cut down to
@@ -42,28 +42,29 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from lsg.attention import ATTENTION_VARIANTS
-from lsg.bench_systems import LSG_NORM, REFERENCE, Shape, System, all_systems, build_system, lsg_pairs, make_inputs
 from lsg.memory import PeakMemory
+from lsg.variants import ATTENTION_VARIANTS
+from tools.bench_systems import LSG_NORM, REFERENCE, Shape, System, all_systems, build_system, lsg_pairs, make_inputs
 
-LONG_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
-QUICK_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
+# The issue's comparison: full attention, Longformer, BigBird, LSG. `--quick` runs these, and so does a default run
+# on CPU from 16384 tokens on, where the other systems would take too long.
+CORE_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="python -m lsg.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=12 if cuda else 2, help="encoder layers (12 on GPU, 2 on CPU)")
     parser.add_argument("--batch", type=int, default=4 if cuda else 1)
     parser.add_argument("--lengths", type=int, nargs="+", help="default 1024 4096 16384 (+65536 on GPU)")
     parser.add_argument("--systems", nargs="+", choices=list(all_systems()),
-                        help=f"default: all, and on CPU only {', '.join(LONG_SYSTEMS)} from 16384 tokens on")
+                        help=f"default: all, and on CPU only {', '.join(CORE_SYSTEMS)} from 16384 tokens on")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per cell after the warm-up")
     parser.add_argument("--cell-seconds", type=float, default=30.0,
                         help="fewer repeats (at least 1) for cells whose warm-up step shows they would take longer")
     parser.add_argument("--max-step-seconds", type=float, default=300.0, help="skip cells estimated to be slower")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: lengths 1024 2048, systems {', '.join(QUICK_SYSTEMS)}, 1 repeat")
+                        help=f"smoke run: lengths 1024 2048, systems {', '.join(CORE_SYSTEMS)}, 1 repeat")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dropout", type=float, default=0.0,
@@ -74,7 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.quick:
         args.lengths = args.lengths or [1024, 2048]
-        args.systems = args.systems or list(QUICK_SYSTEMS)
+        args.systems = args.systems or list(CORE_SYSTEMS)
         args.repeats = 1
     args.lengths = args.lengths or ([1024, 4096, 16384] + ([65536] if cuda else []))
     return args
@@ -342,7 +343,7 @@ def plan(args: argparse.Namespace, device: torch.device) -> list[tuple[int, list
     for length in args.lengths:
         names = chosen
         if args.systems is None and device.type == "cpu" and length >= 16384:
-            names = [name for name in chosen if name in LONG_SYSTEMS]
+            names = [name for name in chosen if name in CORE_SYSTEMS]
         result.append((length, [systems[name] for name in names]))
     return result
 

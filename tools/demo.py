@@ -1,4 +1,4 @@
-"""`python -m lsg.demo` (`make demo`): the real MiniLM checkpoint reads a 4,096-token BBC article.
+"""`python -m tools.demo` (`make demo`): the real MiniLM checkpoint reads a 4,096-token BBC article.
 
 Converts all-MiniLM-L6-v2 (512 positions) to LSG attention (paper §3, spec §2), runs it on the longest
 BBC News article, and prints a short report that can be checked by eye:
@@ -128,7 +128,7 @@ def format_report(report: dict[str, Any]) -> str:
 def _parser() -> argparse.ArgumentParser:
     defaults = lsg.LSGSettings()
     p = argparse.ArgumentParser(
-        prog="python -m lsg.demo",
+        prog="python -m tools.demo",
         description="Convert the real MiniLM checkpoint to LSG and run it on the longest BBC News article.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -176,7 +176,7 @@ def cosine_section(original: PreTrainedModel, model: PreTrainedModel, tokenizer:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of `python -m lsg.demo`; returns the report it printed and saved."""
+    """Entry point of `python -m tools.demo`; returns the report it printed and saved."""
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()

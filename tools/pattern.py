@@ -1,12 +1,12 @@
 """Draw the LSG attention pattern (spec §3.2) and its cost (spec §4) from the library's own rules.
 
-    python -m lsg.pattern docs/lsg_pattern.png --length 64 --block-size 8 --sparse-block-size 4
+    python -m tools.pattern docs/lsg_pattern.png --length 64 --block-size 8 --sparse-block-size 4
 
 Left panel: which keys each query sees, on a (G+T) x (G+T) grid of queries [globals; tokens] by keys
-[globals; tokens]. Global and local cells come from `lsg.reference.reference_visibility`. Sparse keys
-are not tokens but entries of the sparse sequence S (spec §3.4), so the grid shows the tokens they
-summarise: dark cells are the tokens head 0 actually reads (found by running the dense reference
-selector on one-hot keys), light cells the span of tokens the visible sparse entries stand for.
+[globals; tokens], from the kernels' own rule (`lsg.layout`). Sparse keys are not tokens but entries of
+the sparse sequence S (spec §3.4), so the grid shows the tokens they summarise: dark cells are the tokens
+head 0 actually reads (found by running the dense reference selector on one-hot keys), light cells the span
+of tokens the visible sparse entries stand for.
 Right panel: keys per real-token query, `LSGSettings.keys_per_query` against full attention.
 """
 
@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from lsg.attention import padded_length
-from lsg.reference import reference_sparse_tokens, reference_visibility
+from lsg.layout import padded_length, sees_local, sees_sparse, uses_short_rule
+from lsg.reference import reference_sparse_tokens
 from lsg.settings import SPARSITY_TYPES, LSGSettings
 
 # Cell codes of the pattern grid, in increasing drawing priority.
@@ -78,14 +78,18 @@ def attention_grid(length: int, settings: LSGSettings) -> Tensor:
     """
     G = settings.num_global_tokens
     padded = padded_length(length, settings)
-    dense, sparse = reference_visibility(padded, settings)  # (G+T', G+T'), (G+T', T'/f)
-    grid = torch.full((G + padded, G + padded), HIDDEN, dtype=torch.long)
-    if sparse.shape[1] and padded > 2 * settings.block_size:
-        read, span = sparse_sources(padded, settings)
-        for code, sources in ((SPARSE_SPAN, span), (SPARSE_READ, read)):
-            seen = (sparse.double() @ sources.double()) > 0  # (G+T', T'): some visible entry uses the token
-            grid[:, G:][seen] = code
-    grid[dense] = LOCAL
+    short = uses_short_rule(length, settings)
+    grid = torch.full((G + padded, G + padded), LOCAL if short else HIDDEN, dtype=torch.long)
+    tokens = grid[G:, G:]  # (T', T') view: token queries by token keys
+    if not short:
+        queries = torch.arange(padded)[:, None]
+        if settings.sparse_enabled:
+            entries = torch.arange(padded // settings.sparsity_factor)[None]
+            sparse = sees_sparse(queries, entries, settings)  # (T', T'/f)
+            read, span = sparse_sources(padded, settings)
+            for code, sources in ((SPARSE_SPAN, span), (SPARSE_READ, read)):
+                tokens[(sparse.double() @ sources.double()) > 0] = code  # some visible entry uses the token
+        tokens[sees_local(queries, torch.arange(padded)[None], settings.block_size)] = LOCAL
     grid[:G] = GLOBAL  # global queries see every key, and every query sees the globals
     grid[:, :G] = GLOBAL
     if settings.mask_first_token:
@@ -98,8 +102,8 @@ def keys_per_query_curve(lengths: Sequence[int], settings: LSGSettings) -> tuple
 
     LSG: G + T under the short rule (T <= 2*bs), else `settings.keys_per_query()` = G + 2*sbs + 3*bs.
     """
-    G, bs = settings.num_global_tokens, settings.block_size
-    lsg = [settings.keys_per_query() if length > 2 * bs else G + length for length in lengths]
+    G = settings.num_global_tokens
+    lsg = [G + length if uses_short_rule(length, settings) else settings.keys_per_query() for length in lengths]
     return lsg, list(lengths)
 
 
@@ -135,7 +139,7 @@ def _draw_grid(ax: Axes, length: int, settings: LSGSettings) -> None:
     ax.set_xlabel(f"key: global tokens (g), then real tokens{lines_note}")
     ax.set_ylabel("query: global tokens (g), then real tokens")
     padded = padded_length(length, settings)
-    if length <= 2 * bs:
+    if uses_short_rule(length, settings):
         title = f"Who sees whom, T={length}: T <= 2*bs, so every query sees all G + T keys"
     else:
         layout = f"N={padded // bs} blocks" + (f" of T'={padded} (padding not shown)" if padded != length else "")
@@ -194,7 +198,7 @@ def draw_pattern(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lsg.pattern", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.pattern", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out", type=Path, help="PNG file to write")
     p.add_argument("--length", type=int, default=64, help="T, number of real tokens drawn")
@@ -209,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Entry point of `python -m lsg.pattern`; returns the written PNG path."""
+    """Entry point of `python -m tools.pattern`; returns the written PNG path."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.length < 1:

@@ -1,4 +1,4 @@
-"""The systems `lsg.bench` compares, built with random weights in the shape of RoBERTa-base (no downloads).
+"""The systems `tools.bench` compares, built with random weights in the shape of RoBERTa-base (no downloads).
 
 Each system is a `System`: a name, a builder returning (model, extra forward kwargs) for a length, and
 analytic cost models (attention pairs per head for the FLOP count, and a rough memory bound used to skip
@@ -19,6 +19,7 @@ from torch import nn
 from transformers import BigBirdConfig, BigBirdModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
 
 import lsg
+from lsg.layout import padded_length, uses_short_rule
 from lsg.settings import LSGSettings
 
 SELECTORS = ("norm", "pooling", "stride", "block_stride", "lsh", "bos_pooling")
@@ -101,12 +102,12 @@ def _lsg(settings: LSGSettings, implementation: str = "lsg") -> Builder:
 
 def lsg_pairs(settings: LSGSettings) -> Callable[[int], float]:
     """(query, key) pairs of LSG per head (spec §4): T'·K + G·(G+T'), or dense below 2·bs."""
-    G, bs = settings.num_global_tokens, settings.block_size
+    G = settings.num_global_tokens
 
     def pairs(length: int) -> float:
-        if length <= 2 * bs:
+        if uses_short_rule(length, settings):
             return float((G + length) ** 2)
-        padded = -(-length // bs) * bs
+        padded = padded_length(length, settings)
         return float(padded * settings.keys_per_query() + G * (G + padded))
 
     return pairs
