@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from lsg.settings import SPARSITY_TYPES
+from lsg.validation import check_choice, check_range
 
 ATTENTIONS = ("full", "lsg", "longformer", "bigbird")
 ARCHITECTURES = ("encoder", "bart", "bert2bert")
@@ -24,17 +25,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 TUNE_MODES = ("all", "global_tokens")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {list(allowed)}")
-
-
-def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value} is out of range: it must be {allowed}")
 
 
 @dataclass
@@ -48,9 +38,9 @@ class LSGConfig:
     num_global_tokens: int = 1
 
     def __post_init__(self) -> None:
-        _check_choice("model.lsg.sparsity_type", self.sparsity_type or "none", SPARSITY_TYPES)
-        _check_range("model.lsg.block_size", self.block_size, 1)
-        _check_range("model.lsg.num_global_tokens", self.num_global_tokens, 1, 512)
+        check_choice("model.lsg.sparsity_type", self.sparsity_type or "none", SPARSITY_TYPES)
+        check_range("model.lsg.block_size", self.block_size, 1)
+        check_range("model.lsg.num_global_tokens", self.num_global_tokens, 1, 512)
 
 
 @dataclass
@@ -74,9 +64,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
             return
-        _check_choice("model.attention", self.attention, ATTENTIONS)
-        _check_choice("model.architecture", self.architecture, ARCHITECTURES)
-        _check_range("model.max_length", self.max_length, 8)
+        check_choice("model.attention", self.attention, ATTENTIONS)
+        check_choice("model.architecture", self.architecture, ARCHITECTURES)
+        check_range("model.max_length", self.max_length, 8)
         if self.attention == "lsg" and self.lsg.sparsity_factor and self.lsg.sparsity_type not in (None, "none"):
             bs, f = self.lsg.block_size, self.lsg.sparsity_factor
             if bs % f:
@@ -122,8 +112,8 @@ class GenerationConfig:
     min_length: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("task.generation.num_beams", self.num_beams, 1)
-        _check_range("task.generation.max_target_length", self.max_target_length, 1)
+        check_range("task.generation.num_beams", self.num_beams, 1)
+        check_range("task.generation.max_target_length", self.max_target_length, 1)
 
 
 @dataclass
@@ -155,13 +145,13 @@ class TaskConfig:
         if not self.data.has_source():
             raise ValueError(f"task={self.name}: task.data needs one of hub_id, path or builder; "
                              "set task.data.path=<dir of train/validation/test .jsonl/.csv/.parquet files>")
-        _check_choice("task.family", self.family, FAMILIES)
-        _check_range("task.max_length", self.max_length, 8)
-        _check_range("task.batch_size", self.batch_size, 1)
-        _check_range("task.learning_rate", self.learning_rate, 0.0)
-        _check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
-        _check_range("task.threshold", self.threshold, 0.0, 1.0)
-        _check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
+        check_choice("task.family", self.family, FAMILIES)
+        check_range("task.max_length", self.max_length, 8)
+        check_range("task.batch_size", self.batch_size, 1)
+        check_range("task.learning_rate", self.learning_rate, 0.0)
+        check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
+        check_range("task.threshold", self.threshold, 0.0, 1.0)
+        check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
         if self.none_label and not self.multi_label:
             raise ValueError("task.none_label=true needs task.multi_label=true (it is the LexGLUE ECtHR convention)")
 
@@ -191,13 +181,13 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
             return
-        _check_choice("trainer.device", self.device, ("cpu", "cuda"))
-        _check_choice("trainer.precision", self.precision, PRECISIONS)
-        _check_choice("trainer.tune", self.tune, TUNE_MODES)
-        _check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
-        _check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
-        _check_range("trainer.freeze_layers", self.freeze_layers, 0)
-        _check_range("trainer.save_steps", self.save_steps, 1)
+        check_choice("trainer.device", self.device, ("cpu", "cuda"))
+        check_choice("trainer.precision", self.precision, PRECISIONS)
+        check_choice("trainer.tune", self.tune, TUNE_MODES)
+        check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
+        check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
+        check_range("trainer.freeze_layers", self.freeze_layers, 0)
+        check_range("trainer.save_steps", self.save_steps, 1)
         if self.device == "cpu" and self.precision == "fp16":
             raise ValueError("trainer.precision=fp16 needs trainer.device=cuda; use fp32 or bf16 on CPU")
         if self.tune == "global_tokens" and self.freeze_layers:
@@ -217,8 +207,8 @@ class LoggerConfig:
     mode: str = "auto"
 
     def __post_init__(self) -> None:
-        _check_choice("logger.name", self.name, LOGGERS)
-        _check_choice("logger.mode", self.mode, WANDB_MODES)
+        check_choice("logger.name", self.name, LOGGERS)
+        check_choice("logger.mode", self.mode, WANDB_MODES)
 
     def resolved_mode(self) -> str:
         """offline/online as W&B should run; WANDB_MODE in the environment wins (tests set `disabled`)."""

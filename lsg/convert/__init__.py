@@ -28,6 +28,7 @@ from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGSettings
+from lsg.validation import check_int
 
 # Config entries that describe the source checkpoint rather than the converted model.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
@@ -93,12 +94,8 @@ def check_source(config: PretrainedConfig, max_length: int, global_positional_st
             "set it to 0.0 (accepted: 0.0)"
         )
     original_length = family.original_length(config)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
-        raise ValueError(
-            f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
-        )
-    if global_positional_stride < 1:
-        raise ValueError(f"global_positional_stride={global_positional_stride} must be >= 1")
+    check_int("max_length", max_length, original_length, hint=f"{original_length} is the model's own maximum length")
+    check_int("global_positional_stride", global_positional_stride, 1)
     return family
 
 
