@@ -7,7 +7,7 @@ parameter, its value and what is accepted: nothing is clamped or rewritten (spec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lsg.validation import check_choice, check_int
@@ -49,7 +49,7 @@ class LSGSettings:
     block_size: int = 128
     sparse_block_size: int = 128
     sparsity_factor: int = 2
-    sparsity_type: str | None = "norm"
+    sparsity_type: str | None = field(default="norm", metadata={"choices": SPARSITY_TYPES})
     num_global_tokens: int = 1
     mask_first_token: bool = False
     pool_with_global: bool = True
