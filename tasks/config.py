@@ -4,18 +4,24 @@ Hydra composes `conf/config.yaml` on top of `RunConfig` (type errors fail at com
 `run.py` turns the result into these dataclasses once with `OmegaConf.to_object`: every
 `__post_init__` below runs before any model or data is touched, and raises a `ValueError` naming the
 parameter, the bad value and what is accepted. Nothing downstream sees a `DictConfig`.
+
+`model.lsg` and `model.conversion` are not written out here: their fields are those of the library's
+`lsg.LSGSettings` and `lsg.convert.ConversionSettings`, copied programmatically, and checked by those classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from lsg.settings import SPARSITY_TYPES
+from lsg.convert import ConversionSettings
+from lsg.settings import LSGSettings
 from lsg.validation import check_choice, check_range
 
 ATTENTIONS = ("full", "lsg", "longformer", "bigbird")
@@ -27,20 +33,33 @@ LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
 
 
-@dataclass
-class LSGConfig:
-    """LSG knobs under the paper's names (`lsg.LSGSettings` checks them again, with the model)."""
+Settings = TypeVar("Settings")
 
-    block_size: int = 128
-    sparse_block_size: int = 128
-    sparsity_factor: int = 2
-    sparsity_type: str | None = "norm"
-    num_global_tokens: int = 1
 
-    def __post_init__(self) -> None:
-        check_choice("model.lsg.sparsity_type", self.sparsity_type or "none", SPARSITY_TYPES)
-        check_range("model.lsg.block_size", self.block_size, 1)
-        check_range("model.lsg.num_global_tokens", self.num_global_tokens, 1, 512)
+def _schema_of(settings_class: type, name: str) -> type:
+    """A mutable dataclass `name` with the fields (names, types, defaults) of the frozen `settings_class`.
+
+    OmegaConf makes a frozen dataclass read-only, so Hydra could not merge YAML files or command-line
+    overrides into it: the schema uses this copy, and `ModelConfig` builds `settings_class` from it.
+    """
+    hints = typing.get_type_hints(settings_class)
+    return dataclasses.make_dataclass(
+        name, [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(settings_class)],
+        namespace={"__module__": __name__,  # picklable (launchers send configs to other processes)
+                   "__doc__": f"Hydra schema with the fields of `{settings_class.__qualname__}`."},
+    )
+
+
+def _settings(settings_class: type[Settings], node: Any, key: str) -> Settings:
+    """`settings_class` built from the schema `node`, its checks run; errors name the Hydra key."""
+    try:
+        return settings_class(**dataclasses.asdict(node))
+    except ValueError as error:  # each message starts with the field's name: prefixed, it is the Hydra key
+        raise ValueError(f"{key}.{error}") from error
+
+
+LSGConfig = _schema_of(LSGSettings, "LSGConfig")
+ConversionConfig = _schema_of(ConversionSettings, "ConversionConfig")
 
 
 @dataclass
@@ -55,7 +74,8 @@ class ModelConfig:
     attention: str = "lsg"
     architecture: str = "encoder"
     max_length: int = 4096
-    lsg: LSGConfig = field(default_factory=LSGConfig)
+    lsg: LSGConfig = field(default_factory=LSGConfig)  # every field of lsg.LSGSettings
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)  # lsg.convert.ConversionSettings
     attention_window: int = 512  # longformer: window of local attention
     bigbird_block_size: int = 64
     num_random_blocks: int = 3  # bigbird
@@ -67,10 +87,16 @@ class ModelConfig:
         check_choice("model.attention", self.attention, ATTENTIONS)
         check_choice("model.architecture", self.architecture, ARCHITECTURES)
         check_range("model.max_length", self.max_length, 8)
-        if self.attention == "lsg" and self.lsg.sparsity_factor and self.lsg.sparsity_type not in (None, "none"):
-            bs, f = self.lsg.block_size, self.lsg.sparsity_factor
-            if bs % f:
-                raise ValueError(f"model.lsg.sparsity_factor={f} must divide model.lsg.block_size={bs}")
+        self.lsg_settings()  # the library's checks, at startup rather than when the model is built
+        self.conversion_settings()
+
+    def lsg_settings(self) -> LSGSettings:
+        """`model.lsg` as the validated `lsg.LSGSettings` that `lsg.convert` takes."""
+        return _settings(LSGSettings, self.lsg, "model.lsg")
+
+    def conversion_settings(self) -> ConversionSettings:
+        """`model.conversion` as the validated `lsg.convert.ConversionSettings`."""
+        return _settings(ConversionSettings, self.conversion, "model.conversion")
 
 
 @dataclass

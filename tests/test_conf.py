@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from tasks.config import RunConfig, to_run_config
+from lsg.convert import ConversionSettings
+from lsg.settings import LSGSettings
+from tasks.config import ConversionConfig, LSGConfig, RunConfig, to_run_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -100,6 +104,28 @@ def test_paper_hyper_parameters(hydra_conf):
     assert (lsg_local.block_size, lsg_local.sparsity_factor, lsg_local.sparsity_type) == (256, 0, "none")
 
 
+@pytest.mark.parametrize(("schema", "settings"), [(LSGConfig, LSGSettings), (ConversionConfig, ConversionSettings)])
+def test_lsg_and_conversion_nodes_have_the_library_fields(schema, settings):
+    """One definition: the Hydra nodes copy the library dataclasses' names, types and defaults."""
+    assert [(f.name, f.default) for f in fields(schema)] == [(f.name, f.default) for f in fields(settings)]
+    assert typing.get_type_hints(schema) == typing.get_type_hints(settings)
+
+
+def test_every_lsg_and_conversion_field_is_overridable(hydra_conf):
+    run = make("model=lsg_norm", "model.lsg.block_size=64", "model.lsg.mask_first_token=true",
+               "model.lsg.pool_with_global=true", "model.lsg.lsh_num_pre_rounds=3", "model.lsg.lsh_seed=5",
+               "model.lsg.adaptive=false", "model.lsg.sparsity_type=lsh", "model.conversion.random_global_init=true",
+               "model.conversion.global_positional_stride=8", "model.conversion.use_token_ids=false",
+               "model.conversion.pass_global_tokens_to_decoder=false", "model.conversion.seed=7")
+    assert run.model.lsg_settings() == LSGSettings(
+        block_size=64, sparse_block_size=128, sparsity_factor=4, sparsity_type="lsh", num_global_tokens=1,
+        mask_first_token=True, pool_with_global=True, lsh_num_pre_rounds=3, lsh_seed=5, adaptive=False)
+    assert run.model.conversion_settings() == ConversionSettings(
+        random_global_init=True, global_positional_stride=8, use_token_ids=False,
+        pass_global_tokens_to_decoder=False, seed=7)
+    assert make("model=lsg_local").model.lsg_settings().sparsity_type == "none"
+
+
 def test_knobs_are_overridable(hydra_conf):
     run = make("model=lsg_norm", "model.lsg.block_size=64", "model.lsg.sparse_block_size=32",
                "model.lsg.sparsity_factor=8", "model.lsg.num_global_tokens=4", "model.max_length=8192")
@@ -115,6 +141,10 @@ def test_knobs_are_overridable(hydra_conf):
     (["task.warmup_ratio=1.5"], r"task.warmup_ratio=1.5 is out of range: it must be in \[0.0, 0.999\]"),
     (["model=roberta_full", "trainer.tune=global_tokens"], r"tune=global_tokens needs an LSG model"),
     (["task.data.builder=null"], r"task.data needs one of hub_id, path or builder"),
+    (["model.lsg.num_global_tokens=513"], r"model.lsg.num_global_tokens=513 is out of range: it must be in \[1, 512\]"),
+    (["model.lsg.mask_first_token=true", "model.lsg.pool_with_global=false"],
+     r"model.lsg.mask_first_token=True needs pool_with_global=True"),
+    (["model.conversion.global_positional_stride=0"], r"model.conversion.global_positional_stride=0 is out of range"),
 ])
 def test_bad_values_fail_at_startup_naming_the_parameter(hydra_conf, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -124,6 +154,8 @@ def test_bad_values_fail_at_startup_naming_the_parameter(hydra_conf, overrides, 
 def test_wrong_types_fail_at_composition(hydra_conf):
     with pytest.raises(Exception, match="model.max_length"):
         make("model.max_length=long")
+    with pytest.raises(Exception, match="model.lsg.adaptive"):
+        make("model.lsg.adaptive=maybe")
 
 
 @pytest.mark.parametrize(("group", "name"), [("model", "lsg_nrom"), ("task", "ecthr_c")])
