@@ -24,7 +24,8 @@ from lsg.convert import ConversionSettings
 from lsg.settings import LSGSettings
 from lsg.validation import check_choice, check_range
 
-ATTENTIONS = ("full", "lsg", "longformer", "bigbird")
+# original: the checkpoint's own attention, untouched ("full" is one of Table 1's swapped-in attentions).
+ATTENTIONS = ("original", "lsg", "longformer", "bigbird")
 ARCHITECTURES = ("encoder", "bart", "bert2bert")
 FAMILIES = ("classification", "mlm", "seq2seq")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -1,6 +1,6 @@
 """Build the model a run trains from its `ModelConfig`: hub id or local dir, converted on the fly or loaded.
 
-* `attention=full`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
+* `attention=original`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
 * `attention=lsg`: `lsg.convert(base, tokenizer, model.lsg, max_length=..., conversion=model.conversion)`
   (paper §3), unless the checkpoint already is a converted LSG dir (config model_type `lsg_*`), which
   `lsg.load` reads.
@@ -84,11 +84,12 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
         base = auto.from_pretrained(cfg.checkpoint, **head_kwargs)
     except (OSError, ValueError) as error:
         raise _checkpoint_error(cfg.checkpoint, error) from error
-    if cfg.attention == "full":
+    if cfg.attention == "original":
         capacity = position_capacity(base.config)
         if cfg.max_length > capacity:
             raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
-                             f"positions) with full attention; use an lsg_* model or model.max_length<={capacity}")
+                             f"positions) with its original attention; use an lsg_* model or "
+                             f"model.max_length<={capacity}")
         return base
     if cfg.attention == "lsg":
         return _to_lsg(base, tokenizer, cfg)
@@ -111,7 +112,7 @@ def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderD
         encoder = _to_lsg(encoder, tokenizer, cfg)
     elif cfg.max_length > position_capacity(encoder.config):
         raise ValueError(f"model.max_length={cfg.max_length} exceeds the encoder's {position_capacity(encoder.config)} "
-                         "positions with full attention; use model=lsg_bert2bert")
+                         "positions with its original attention; use model=lsg_bert2bert")
     model = EncoderDecoderModel(encoder=encoder, decoder=model.decoder)
     # BERT has no BOS/EOS: the decoder starts from [CLS] and stops at [SEP] (the usual bert2bert recipe).
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

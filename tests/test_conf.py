@@ -36,7 +36,7 @@ def make(*overrides: str) -> RunConfig:
 
 
 def test_groups_hold_what_the_issue_lists():
-    assert {"roberta_full", "lsg_local", "lsg_stride", "lsg_block_stride", "lsg_pooling", "lsg_norm", "lsg_lsh",
+    assert {"truncated", "lsg_local", "lsg_stride", "lsg_block_stride", "lsg_pooling", "lsg_norm", "lsg_lsh",
             "lsg_bos_pooling", "longformer", "bigbird", "legal_bert", "bart_base", "lsg_bart"} <= set(MODELS)
     assert {"mlm", "imdb", "arxiv", "patent", "scotus", "ecthr_a", "ecthr_b", "pubmed", "arxiv_sum", "multinews",
             "mediasum", "bbc_topic", "bbc_longdoc", "aclsum", "bbc_headline", "wiki_mlm"} <= set(TASKS)
@@ -139,7 +139,7 @@ def test_knobs_are_overridable(hydra_conf):
     (["model.lsg.block_size=100", "model.lsg.sparsity_factor=3"], r"sparsity_factor=3 must divide .*block_size=100"),
     (["trainer.per_device_batch_size=5"], r"per_device_batch_size=5 must divide task.batch_size=16"),
     (["task.warmup_ratio=1.5"], r"task.warmup_ratio=1.5 is out of range: it must be in \[0.0, 0.999\]"),
-    (["model=roberta_full", "trainer.tune=global_tokens"], r"tune=global_tokens needs an LSG model"),
+    (["model=truncated", "trainer.tune=global_tokens"], r"tune=global_tokens needs an LSG model"),
     (["task.data.builder=null"], r"task.data needs one of hub_id, path or builder"),
     (["model.lsg.num_global_tokens=513"], r"model.lsg.num_global_tokens=513 is out of range: it must be in \[1, 512\]"),
     (["model.lsg.mask_first_token=true", "model.lsg.pool_with_global=false"],
