@@ -63,10 +63,12 @@ def _to_lsg(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Mod
                        conversion=cfg.conversion_settings())
 
 
-def position_capacity(config: transformers.PretrainedConfig) -> int:
-    """Tokens a checkpoint can read: its position rows minus the RoBERTa/BART offset (padding_idx + 1 = 2)."""
-    offset = 2 if config.model_type in ("roberta", "bart", "xlm-roberta", "camembert") else 0
-    return config.max_position_embeddings - offset
+def _check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfig) -> None:
+    """attention=original reads at most the checkpoint's own length: the family table's rule (`lsg.families`)."""
+    capacity = lsg.families.family_of(config).original_length(config)
+    if cfg.max_length > capacity:
+        raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
+                         f"positions) with its original attention; use an lsg_* model or model.max_length<={capacity}")
 
 
 def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase, **head_kwargs: Any) -> PreTrainedModel:
@@ -85,11 +87,7 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
     except (OSError, ValueError) as error:
         raise _checkpoint_error(cfg.checkpoint, error) from error
     if cfg.attention == "original":
-        capacity = position_capacity(base.config)
-        if cfg.max_length > capacity:
-            raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
-                             f"positions) with its original attention; use an lsg_* model or "
-                             f"model.max_length<={capacity}")
+        _check_original_length(cfg, base.config)
         return base
     if cfg.attention == "lsg":
         return _to_lsg(base, tokenizer, cfg)
@@ -110,9 +108,8 @@ def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderD
     encoder = model.encoder
     if cfg.attention == "lsg":
         encoder = _to_lsg(encoder, tokenizer, cfg)
-    elif cfg.max_length > position_capacity(encoder.config):
-        raise ValueError(f"model.max_length={cfg.max_length} exceeds the encoder's {position_capacity(encoder.config)} "
-                         "positions with its original attention; use model=lsg_bert2bert")
+    else:
+        _check_original_length(cfg, encoder.config)
     model = EncoderDecoderModel(encoder=encoder, decoder=model.decoder)
     # BERT has no BOS/EOS: the decoder starts from [CLS] and stops at [SEP] (the usual bert2bert recipe).
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

@@ -75,3 +75,19 @@ def test_every_lsg_and_conversion_field_reaches_the_converted_model(model_config
     table = model.bert.embeddings.global_embeddings.weight
     assert table.equal(reference.bert.embeddings.global_embeddings.weight)
     assert not table.equal(default.bert.embeddings.global_embeddings.weight)
+
+
+def test_original_attention_reads_up_to_the_family_length_bart_included(model_config, checkpoints):
+    """BART's table has 1024 + 2 rows and reads 1024 tokens (lsg.families), not RoBERTa's 1024 - 2."""
+    overrides = ("model=bart_base", "task=aclsum", f"model.checkpoint={checkpoints['bart']}")
+    model = _build(model_config(*overrides, "model.max_length=1024"), "seq2seq")
+    assert model.model.encoder.embed_positions.weight.shape[0] == 1026
+    with pytest.raises(ValueError, match=r"model.max_length=1025 exceeds what .* can read \(1024 positions\)"):
+        _build(model_config(*overrides, "model.max_length=1025"), "seq2seq")
+
+
+def test_original_attention_refuses_lengths_past_the_encoder_positions(model_config, checkpoints):
+    overrides = ("model=truncated", "task=bbc_topic", f"model.checkpoint={checkpoints['bert']}")
+    assert _build(model_config(*overrides, "model.max_length=128"), num_labels=2).config.max_position_embeddings == 128
+    with pytest.raises(ValueError, match=r"model.max_length=129 exceeds .*\(128 positions\)"):
+        _build(model_config(*overrides, "model.max_length=129"), num_labels=2)
