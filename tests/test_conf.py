@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -80,6 +81,73 @@ def test_experiments_compose(hydra_conf, experiment):
     run = make(f"experiment={experiment}")
     assert run.experiment_name == experiment
     assert run.run_dir.startswith(f"runs/{experiment}/")
+
+
+TASK_ENCODER = "<task.default_encoder>"
+LSG_FIELDS = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens")
+# The resolved `model` node of every conf/model file, captured from the configs before they inherited from each
+# other through `defaults:` (then renamed: roberta_full -> truncated, attention full -> original):
+# name: (checkpoint, attention, architecture, max_length, model.lsg's (bs, sbs, f, sparsity_type, G)).
+FROZEN_MODELS = {
+    "bart_base": ("facebook/bart-base", "original", "bart", 1024, (128, 128, 2, "norm", 1)),
+    "bigbird": (TASK_ENCODER, "bigbird", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "legal_bert": ("nlpaueb/legal-bert-base-uncased", "original", "encoder", 512, (128, 128, 2, "norm", 1)),
+    "longformer": (TASK_ENCODER, "longformer", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "lsg_bart": ("facebook/bart-base", "lsg", "bart", 4096, (256, 0, 0, "none", 1)),
+    "lsg_bert2bert": (TASK_ENCODER, "lsg", "bert2bert", 4096, (256, 0, 0, "none", 1)),
+    "lsg_block_stride": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "block_stride", 1)),
+    "lsg_bos_pooling": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "bos_pooling", 1)),
+    "lsg_legal_local": ("nlpaueb/legal-bert-base-uncased", "lsg", "encoder", 4096, (256, 128, 0, "none", 1)),
+    "lsg_legal_norm": ("nlpaueb/legal-bert-base-uncased", "lsg", "encoder", 4096, (128, 128, 4, "norm", 1)),
+    "lsg_local": (TASK_ENCODER, "lsg", "encoder", 4096, (256, 128, 0, "none", 1)),
+    "lsg_lsh": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "lsh", 1)),
+    "lsg_norm": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "norm", 1)),
+    "lsg_pooling": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "pooling", 1)),
+    "lsg_stride": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "stride", 1)),
+    "truncated": (TASK_ENCODER, "original", "encoder", 512, (128, 128, 2, "norm", 1)),
+}
+
+
+def _model_node(model: str, task: str, resolve: bool = True) -> dict:
+    return OmegaConf.to_container(compose(config_name="config", overrides=[f"model={model}", f"task={task}"]).model,
+                                  resolve=resolve)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_models_compose_to_their_frozen_values(hydra_conf, model):
+    """Inheritance changed no value: every model, with an offline and a paper task, gives the captured node."""
+    checkpoint, attention, architecture, max_length, lsg_values = FROZEN_MODELS[model]
+    for task in ("bbc_longdoc", "imdb"):
+        node = _model_node(model, task)
+        encoder = compose(config_name="config", overrides=[f"task={task}"]).task.default_encoder
+        assert node == {
+            "name": model, "checkpoint": encoder if checkpoint == TASK_ENCODER else checkpoint,
+            "attention": attention, "architecture": architecture, "max_length": max_length,
+            "lsg": {**LSGSettings().to_dict(), **dict(zip(LSG_FIELDS, lsg_values, strict=True))},
+            "conversion": dataclasses.asdict(ConversionSettings()), "attention_window": 512,
+            "bigbird_block_size": 64, "num_random_blocks": 3, "tokenizer": None,
+        }
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if "defaults" in OmegaConf.load(CONF / "model" / f"{m}.yaml")])
+def test_a_model_that_inherits_is_its_parent_plus_its_own_lines(hydra_conf, model):
+    """`defaults: [parent, _self_]`: the composed node is the parent's, but for the keys the file sets itself."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{model}.yaml"))
+    (parent, self_) = own.pop("defaults")
+    assert self_ == "_self_"
+    child_node, parent_node = (_flat(_model_node(name, "imdb", resolve=False)) for name in (model, parent))
+    own = _flat(own)
+    assert {k: v for k, v in child_node.items() if k not in own} == {k: v for k, v in parent_node.items()
+                                                                     if k not in own}
+    assert {k: child_node[k] for k in own} == own
+    assert any(parent_node[k] != child_node[k] for k in own)
 
 
 def test_offline_tasks_use_the_real_minilm_and_paper_tasks_the_hub_ids(hydra_conf):
