@@ -6,7 +6,7 @@ the `lsg_<type>` model types with the Auto classes, so converted checkpoints loa
 """
 
 from lsg.attention import ATTENTION_VARIANTS, lsg_attention
-from lsg.convert import convert
+from lsg.convert import ConversionSettings, convert
 from lsg.families import supported_architectures
 from lsg.modeling import load
 from lsg.selectors import SPARSE_SELECTORS
@@ -18,6 +18,7 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "SPARSE_SELECTORS",
     "SPARSITY_TYPES",
+    "ConversionSettings",
     "LSGSettings",
     "convert",
     "load",

@@ -6,7 +6,7 @@ Hydra composes `conf/config.yaml` on top of `RunConfig` (type errors fail at com
 parameter, the bad value and what is accepted. Nothing downstream sees a `DictConfig`.
 
 `model.lsg` and `model.conversion` are not written out here: their fields are those of the library's
-`lsg.LSGSettings` and `lsg.convert.ConversionSettings`, copied programmatically, and checked by those classes.
+`lsg.LSGSettings` and `lsg.ConversionSettings`, copied programmatically, and checked by those classes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ModelConfig:
     architecture: str = "encoder"
     max_length: int = 4096
     lsg: LSGConfig = field(default_factory=LSGConfig)  # every field of lsg.LSGSettings
-    conversion: ConversionConfig = field(default_factory=ConversionConfig)  # lsg.convert.ConversionSettings
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)  # lsg.ConversionSettings
     attention_window: int = 512  # longformer: window of local attention
     bigbird_block_size: int = 64
     num_random_blocks: int = 3  # bigbird
@@ -96,7 +96,7 @@ class ModelConfig:
         return _settings(LSGSettings, self.lsg, "model.lsg")
 
     def conversion_settings(self) -> ConversionSettings:
-        """`model.conversion` as the validated `lsg.convert.ConversionSettings`."""
+        """`model.conversion` as the validated `lsg.ConversionSettings`."""
         return _settings(ConversionSettings, self.conversion, "model.conversion")
 
 

@@ -252,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, help="number of labels of a new classification head")
     p.add_argument("--max-length", type=int, default=4096, help="new maximum sequence length L")
     add_flags(p, LSGSettings, "LSG attention (lsg.LSGSettings, saved in the model's config)")
-    add_flags(p, ConversionSettings, "conversion (lsg.convert.ConversionSettings)")
+    add_flags(p, ConversionSettings, "conversion (lsg.ConversionSettings)")
     return p
 
 
