@@ -5,7 +5,7 @@ with transformers and the `lsg_<type>` model types with the Auto classes (`lsg.m
 checkpoints load with `AutoModel*.from_pretrained` as well as with `lsg.load`.
 """
 
-from lsg.convert import convert
+from lsg.convert import ConversionSettings, convert
 from lsg.families import supported_architectures
 from lsg.modeling import load
 from lsg.selectors import SPARSE_SELECTORS
@@ -18,6 +18,7 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "SPARSE_SELECTORS",
     "SPARSITY_TYPES",
+    "ConversionSettings",
     "LSGSettings",
     "convert",
     "load",

@@ -105,7 +105,11 @@ class Family:
         return suffix if suffix in self.heads else None
 
     def original_length(self, config: PretrainedConfig) -> int:
-        """Number of real tokens the source model accepts (its usable position rows)."""
+        """Number of real tokens the source model accepts (its usable position rows).
+
+        The one rule for every caller (conversion, the pipeline's `attention=original` limit): RoBERTa's
+        config counts its 2 offset rows (514 -> 512); BART's does not (1024, in a table of 1026 rows).
+        """
         return config.max_position_embeddings - self.saved_position_offset
 
     def word_scale(self, config: PretrainedConfig) -> float:

@@ -7,8 +7,10 @@ parameter, its value and what is accepted: nothing is clamped or rewritten (spec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from lsg.validation import check_choice, check_int
 
 SPARSITY_TYPES: tuple[str, ...] = ("none", "stride", "block_stride", "pooling", "norm", "lsh", "bos_pooling")
 MAX_GLOBAL_TOKENS = 512  # rows of the global-embedding table (spec §2.3)
@@ -19,17 +21,8 @@ def normalize_sparsity_type(value: str | None) -> str:
     """Map the accepted spellings of "local only" (None, "none", "None") to "none"; reject unknown types."""
     if value is None or (isinstance(value, str) and value.lower() == "none"):
         return "none"
-    if value not in SPARSITY_TYPES:
-        raise ValueError(f"sparsity_type={value!r} is not supported; use one of {list(SPARSITY_TYPES)} or None")
+    check_choice("sparsity_type", value, SPARSITY_TYPES)
     return value
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} must be an integer")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value} is out of range: it must be {allowed}")
 
 
 def _divisors(n: int) -> list[int]:
@@ -56,7 +49,7 @@ class LSGSettings:
     block_size: int = 128
     sparse_block_size: int = 128
     sparsity_factor: int = 2
-    sparsity_type: str | None = "norm"
+    sparsity_type: str | None = field(default="norm", metadata={"choices": SPARSITY_TYPES})
     num_global_tokens: int = 1
     mask_first_token: bool = False
     pool_with_global: bool = True
@@ -66,12 +59,12 @@ class LSGSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity_type", normalize_sparsity_type(self.sparsity_type))
-        _check_int("block_size", self.block_size, 1)
-        _check_int("sparse_block_size", self.sparse_block_size, 0)
-        _check_int("sparsity_factor", self.sparsity_factor, 0)
-        _check_int("num_global_tokens", self.num_global_tokens, 1, MAX_GLOBAL_TOKENS)
-        _check_int("lsh_num_pre_rounds", self.lsh_num_pre_rounds, 0)
-        _check_int("lsh_seed", self.lsh_seed, 0)
+        check_int("block_size", self.block_size, 1)
+        check_int("sparse_block_size", self.sparse_block_size, 0)
+        check_int("sparsity_factor", self.sparsity_factor, 0)
+        check_int("num_global_tokens", self.num_global_tokens, 1, MAX_GLOBAL_TOKENS)
+        check_int("lsh_num_pre_rounds", self.lsh_num_pre_rounds, 0)
+        check_int("lsh_seed", self.lsh_seed, 0)
         if self.mask_first_token and not self.pool_with_global:
             raise ValueError(
                 "mask_first_token=True needs pool_with_global=True: the first token is hidden as a key, so its "

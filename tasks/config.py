@@ -4,20 +4,28 @@ Hydra composes `conf/config.yaml` on top of `RunConfig` (type errors fail at com
 `run.py` turns the result into these dataclasses once with `OmegaConf.to_object`: every
 `__post_init__` below runs before any model or data is touched, and raises a `ValueError` naming the
 parameter, the bad value and what is accepted. Nothing downstream sees a `DictConfig`.
+
+`model.lsg` and `model.conversion` are not written out here: their fields are those of the library's
+`lsg.LSGSettings` and `lsg.ConversionSettings`, copied programmatically, and checked by those classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from lsg.settings import SPARSITY_TYPES
+from lsg.convert import ConversionSettings
+from lsg.settings import LSGSettings
+from lsg.validation import check_choice, check_range
 
-ATTENTIONS = ("full", "lsg", "longformer", "bigbird")
+# original: the checkpoint's own attention, untouched ("full" is one of Table 1's swapped-in attentions).
+ATTENTIONS = ("original", "lsg", "longformer", "bigbird")
 ARCHITECTURES = ("encoder", "bart", "bert2bert")
 FAMILIES = ("classification", "mlm", "seq2seq")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -26,31 +34,33 @@ LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {list(allowed)}")
+Settings = TypeVar("Settings")
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value} is out of range: it must be {allowed}")
+def _schema_of(settings_class: type, name: str) -> type:
+    """A mutable dataclass `name` with the fields (names, types, defaults) of the frozen `settings_class`.
+
+    OmegaConf makes a frozen dataclass read-only, so Hydra could not merge YAML files or command-line
+    overrides into it: the schema uses this copy, and `ModelConfig` builds `settings_class` from it.
+    """
+    hints = typing.get_type_hints(settings_class)
+    return dataclasses.make_dataclass(
+        name, [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(settings_class)],
+        namespace={"__module__": __name__,  # picklable (launchers send configs to other processes)
+                   "__doc__": f"Hydra schema with the fields of `{settings_class.__qualname__}`."},
+    )
 
 
-@dataclass
-class LSGConfig:
-    """LSG knobs under the paper's names (`lsg.LSGSettings` checks them again, with the model)."""
+def _settings(settings_class: type[Settings], node: Any, key: str) -> Settings:
+    """`settings_class` built from the schema `node`, its checks run; errors name the Hydra key."""
+    try:
+        return settings_class(**dataclasses.asdict(node))
+    except ValueError as error:  # each message starts with the field's name: prefixed, it is the Hydra key
+        raise ValueError(f"{key}.{error}") from error
 
-    block_size: int = 128
-    sparse_block_size: int = 128
-    sparsity_factor: int = 2
-    sparsity_type: str | None = "norm"
-    num_global_tokens: int = 1
 
-    def __post_init__(self) -> None:
-        _check_choice("model.lsg.sparsity_type", self.sparsity_type or "none", SPARSITY_TYPES)
-        _check_range("model.lsg.block_size", self.block_size, 1)
-        _check_range("model.lsg.num_global_tokens", self.num_global_tokens, 1, 512)
+LSGConfig = _schema_of(LSGSettings, "LSGConfig")
+ConversionConfig = _schema_of(ConversionSettings, "ConversionConfig")
 
 
 @dataclass
@@ -65,7 +75,8 @@ class ModelConfig:
     attention: str = "lsg"
     architecture: str = "encoder"
     max_length: int = 4096
-    lsg: LSGConfig = field(default_factory=LSGConfig)
+    lsg: LSGConfig = field(default_factory=LSGConfig)  # every field of lsg.LSGSettings
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)  # lsg.ConversionSettings
     attention_window: int = 512  # longformer: window of local attention
     bigbird_block_size: int = 64
     num_random_blocks: int = 3  # bigbird
@@ -74,13 +85,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
             return
-        _check_choice("model.attention", self.attention, ATTENTIONS)
-        _check_choice("model.architecture", self.architecture, ARCHITECTURES)
-        _check_range("model.max_length", self.max_length, 8)
-        if self.attention == "lsg" and self.lsg.sparsity_factor and self.lsg.sparsity_type not in (None, "none"):
-            bs, f = self.lsg.block_size, self.lsg.sparsity_factor
-            if bs % f:
-                raise ValueError(f"model.lsg.sparsity_factor={f} must divide model.lsg.block_size={bs}")
+        check_choice("model.attention", self.attention, ATTENTIONS)
+        check_choice("model.architecture", self.architecture, ARCHITECTURES)
+        check_range("model.max_length", self.max_length, 8)
+        self.lsg_settings()  # the library's checks, at startup rather than when the model is built
+        self.conversion_settings()
+
+    def lsg_settings(self) -> LSGSettings:
+        """`model.lsg` as the validated `lsg.LSGSettings` that `lsg.convert` takes."""
+        return _settings(LSGSettings, self.lsg, "model.lsg")
+
+    def conversion_settings(self) -> ConversionSettings:
+        """`model.conversion` as the validated `lsg.ConversionSettings`."""
+        return _settings(ConversionSettings, self.conversion, "model.conversion")
 
 
 @dataclass
@@ -122,8 +139,8 @@ class GenerationConfig:
     min_length: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("task.generation.num_beams", self.num_beams, 1)
-        _check_range("task.generation.max_target_length", self.max_target_length, 1)
+        check_range("task.generation.num_beams", self.num_beams, 1)
+        check_range("task.generation.max_target_length", self.max_target_length, 1)
 
 
 @dataclass
@@ -155,13 +172,13 @@ class TaskConfig:
         if not self.data.has_source():
             raise ValueError(f"task={self.name}: task.data needs one of hub_id, path or builder; "
                              "set task.data.path=<dir of train/validation/test .jsonl/.csv/.parquet files>")
-        _check_choice("task.family", self.family, FAMILIES)
-        _check_range("task.max_length", self.max_length, 8)
-        _check_range("task.batch_size", self.batch_size, 1)
-        _check_range("task.learning_rate", self.learning_rate, 0.0)
-        _check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
-        _check_range("task.threshold", self.threshold, 0.0, 1.0)
-        _check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
+        check_choice("task.family", self.family, FAMILIES)
+        check_range("task.max_length", self.max_length, 8)
+        check_range("task.batch_size", self.batch_size, 1)
+        check_range("task.learning_rate", self.learning_rate, 0.0)
+        check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
+        check_range("task.threshold", self.threshold, 0.0, 1.0)
+        check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
         if self.none_label and not self.multi_label:
             raise ValueError("task.none_label=true needs task.multi_label=true (it is the LexGLUE ECtHR convention)")
 
@@ -191,13 +208,13 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
             return
-        _check_choice("trainer.device", self.device, ("cpu", "cuda"))
-        _check_choice("trainer.precision", self.precision, PRECISIONS)
-        _check_choice("trainer.tune", self.tune, TUNE_MODES)
-        _check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
-        _check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
-        _check_range("trainer.freeze_layers", self.freeze_layers, 0)
-        _check_range("trainer.save_steps", self.save_steps, 1)
+        check_choice("trainer.device", self.device, ("cpu", "cuda"))
+        check_choice("trainer.precision", self.precision, PRECISIONS)
+        check_choice("trainer.tune", self.tune, TUNE_MODES)
+        check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
+        check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
+        check_range("trainer.freeze_layers", self.freeze_layers, 0)
+        check_range("trainer.save_steps", self.save_steps, 1)
         if self.device == "cpu" and self.precision == "fp16":
             raise ValueError("trainer.precision=fp16 needs trainer.device=cuda; use fp32 or bf16 on CPU")
         if self.tune == "global_tokens" and self.freeze_layers:
@@ -217,8 +234,8 @@ class LoggerConfig:
     mode: str = "auto"
 
     def __post_init__(self) -> None:
-        _check_choice("logger.name", self.name, LOGGERS)
-        _check_choice("logger.mode", self.mode, WANDB_MODES)
+        check_choice("logger.name", self.name, LOGGERS)
+        check_choice("logger.mode", self.mode, WANDB_MODES)
 
     def resolved_mode(self) -> str:
         """offline/online as W&B should run; WANDB_MODE in the environment wins (tests set `disabled`)."""

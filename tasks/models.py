@@ -1,8 +1,9 @@
 """Build the model a run trains from its `ModelConfig`: hub id or local dir, converted on the fly or loaded.
 
-* `attention=full`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
-* `attention=lsg`: `lsg.convert(base, tokenizer, max_length=..., **model.lsg)` (paper §3), unless the
-  checkpoint already is a converted LSG dir (config model_type `lsg_*`), which `lsg.load` reads.
+* `attention=original`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
+* `attention=lsg`: `lsg.convert(base, tokenizer, model.lsg, max_length=..., conversion=model.conversion)`
+  (paper §3), unless the checkpoint already is a converted LSG dir (config model_type `lsg_*`), which
+  `lsg.load` reads.
 * `attention=longformer|bigbird`: `lsg.baselines.to_longformer` / `to_bigbird` (imported lazily).
 * `architecture=bart`: AutoModelForSeq2SeqLM, encoder converted by `lsg.convert` when attention=lsg.
 * `architecture=bert2bert`: transformers' EncoderDecoderModel warm-started from one encoder checkpoint
@@ -57,17 +58,17 @@ def _source_config(checkpoint: str) -> transformers.PretrainedConfig:
         raise _checkpoint_error(checkpoint, error) from error
 
 
-def _lsg_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    knobs = cfg.lsg
-    return {"max_length": cfg.max_length, "block_size": knobs.block_size, "sparse_block_size": knobs.sparse_block_size,
-            "sparsity_factor": knobs.sparsity_factor, "sparsity_type": knobs.sparsity_type,
-            "num_global_tokens": knobs.num_global_tokens}
+def _to_lsg(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig) -> PreTrainedModel:
+    return lsg.convert(model, tokenizer, cfg.lsg_settings(), max_length=cfg.max_length,
+                       conversion=cfg.conversion_settings())
 
 
-def position_capacity(config: transformers.PretrainedConfig) -> int:
-    """Tokens a checkpoint can read: its position rows minus the RoBERTa/BART offset (padding_idx + 1 = 2)."""
-    offset = 2 if config.model_type in ("roberta", "bart", "xlm-roberta", "camembert") else 0
-    return config.max_position_embeddings - offset
+def _check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfig) -> None:
+    """attention=original reads at most the checkpoint's own length: the family table's rule (`lsg.families`)."""
+    capacity = lsg.families.family_of(config).original_length(config)
+    if cfg.max_length > capacity:
+        raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
+                         f"positions) with its original attention; use an lsg_* model or model.max_length<={capacity}")
 
 
 def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase, **head_kwargs: Any) -> PreTrainedModel:
@@ -85,14 +86,11 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
         base = auto.from_pretrained(cfg.checkpoint, **head_kwargs)
     except (OSError, ValueError) as error:
         raise _checkpoint_error(cfg.checkpoint, error) from error
-    if cfg.attention == "full":
-        capacity = position_capacity(base.config)
-        if cfg.max_length > capacity:
-            raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
-                             f"positions) with full attention; use an lsg_* model or model.max_length<={capacity}")
+    if cfg.attention == "original":
+        _check_original_length(cfg, base.config)
         return base
     if cfg.attention == "lsg":
-        return lsg.convert(base, tokenizer, **_lsg_kwargs(cfg))
+        return _to_lsg(base, tokenizer, cfg)
     from lsg import baselines  # lazy: the Table-1 baselines register extra attention variants on import
 
     if cfg.attention == "longformer":
@@ -109,10 +107,9 @@ def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderD
         raise _checkpoint_error(cfg.checkpoint, error) from error
     encoder = model.encoder
     if cfg.attention == "lsg":
-        encoder = lsg.convert(encoder, tokenizer, **_lsg_kwargs(cfg))
-    elif cfg.max_length > position_capacity(encoder.config):
-        raise ValueError(f"model.max_length={cfg.max_length} exceeds the encoder's {position_capacity(encoder.config)} "
-                         "positions with full attention; use model=lsg_bert2bert")
+        encoder = _to_lsg(encoder, tokenizer, cfg)
+    else:
+        _check_original_length(cfg, encoder.config)
     model = EncoderDecoderModel(encoder=encoder, decoder=model.decoder)
     # BERT has no BOS/EOS: the decoder starts from [CLS] and stops at [SEP] (the usual bert2bert recipe).
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

@@ -7,12 +7,13 @@ and compared with the in-memory `lsg.convert` of the same model.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ from transformers import (
 )
 
 import lsg
-from lsg.convert import main
+from lsg.convert import ConversionSettings, _parser, main
+from lsg.convert.flags import add_flags, field_docs
+from lsg.settings import LSGSettings
 
 REPO = Path(__file__).resolve().parents[1]
 LSG_FIELDS = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens",
@@ -146,7 +149,7 @@ def test_round_trip_matches_in_memory_conversion(family: str, sources: dict[str,
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == f"lsg_{family}"
     assert config["architectures"] == [f"LSG{type(source.model).__name__}"]
-    expected = {**options, "adaptive": True}  # adaptive has no CLI flag: the default is written
+    expected = {**options, "adaptive": True}  # not given on the command line: the default is written
     assert {name: config[name] for name in LSG_FIELDS} == {name: expected[name] for name in LSG_FIELDS}
     assert config["max_position_embeddings"] == options["max_length"] + (2 if family == "roberta" else 0)
     assert AutoTokenizer.from_pretrained(out).model_max_length == options["max_length"]
@@ -221,6 +224,53 @@ def test_bad_values_fail_before_writing(flags: list[str], parameter: str, source
     message = f"{info.value} {capsys.readouterr().err}"  # a ValueError, or an argparse error on stderr
     assert parameter in message or "--" + parameter.replace("_", "-") in message
     assert list(tmp_path.iterdir()) == []
+
+
+# The flags users' commands rely on, spelled as before the flags were generated from the settings dataclasses.
+SETTINGS_FLAGS = [
+    "--block-size", "--sparse-block-size", "--sparsity-factor", "--sparsity-type", "--num-global-tokens",
+    "--mask-first-token", "--no-mask-first-token", "--pool-with-global", "--no-pool-with-global",
+    "--lsh-num-pre-rounds", "--lsh-seed", "--adaptive", "--no-adaptive", "--random-global-init",
+    "--no-random-global-init", "--global-positional-stride", "--use-token-ids", "--no-use-token-ids",
+    "--pass-global-tokens-to-decoder", "--no-pass-global-tokens-to-decoder", "--seed",
+]
+
+
+def test_flags_are_generated_from_the_settings_fields() -> None:
+    """Same spellings as before; each field's flag has its type, default, choices and docstring help."""
+    parser = _parser()
+    actions = {action.dest: action for action in parser._actions}
+    names = {field.name for cls in (LSGSettings, ConversionSettings) for field in fields(cls)}
+    generated = [flag for action in parser._actions if action.dest in names for flag in action.option_strings]
+    assert generated == SETTINGS_FLAGS
+    for cls in (LSGSettings, ConversionSettings):
+        docs = field_docs(cls)
+        for name, default in vars(cls()).items():
+            assert actions[name].default == default and actions[name].help == docs[name], name
+    assert actions["sparsity_type"].choices == lsg.SPARSITY_TYPES
+    assert actions["block_size"].type is int and actions["global_positional_stride"].type is int
+    parsed = parser.parse_args(["--no-pool-with-global", "--mask-first-token", "--block-size", "64"])
+    assert (parsed.pool_with_global, parsed.mask_first_token, parsed.block_size) == (False, True, 64)
+
+
+def test_docstring_entries_give_the_help_and_a_missing_one_is_refused() -> None:
+    assert field_docs(LSGSettings)["sparse_block_size"].startswith("sbs, sparse keys taken on EACH side")
+    assert field_docs(ConversionSettings)["pass_global_tokens_to_decoder"].endswith(
+        "where cross-attention sees them (spec §3.6); ignored by encoder-only families.")  # continuation joined
+
+    @dataclass
+    class Undocumented:
+        """A settings class whose second field has no docstring entry.
+
+        Args:
+            width: documented.
+        """
+
+        width: int = 1
+        depth: int = 2
+
+    with pytest.raises(ValueError, match=r"Undocumented.depth has no entry"):
+        add_flags(argparse.ArgumentParser(), Undocumented, "x")
 
 
 def test_help_runs_as_a_module(help_process: subprocess.Popen[str]) -> None:

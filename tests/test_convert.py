@@ -7,8 +7,10 @@ from conftest import main_output, tiny_config_kwargs, tiny_inputs, tiny_model
 from transformers import BertConfig
 
 import lsg
+from lsg.convert import ConversionSettings
 from lsg.families import FAMILIES
 from lsg.positions import global_positions
+from lsg.settings import LSGSettings
 
 HEADS = [(family, suffix) for family in FAMILIES for suffix in FAMILIES[family].heads]
 LEARNED_POSITIONS = [name for name, family in FAMILIES.items()
@@ -213,6 +215,34 @@ def test_bad_parameters_raise_a_clear_value_error(kwargs, message):
     settings = {**SMALL, "max_length": 128, **kwargs}
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         lsg.convert(build("bert"), **settings)
+
+
+def _same_model(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return a.config.to_dict() == b.config.to_dict() and sa.keys() == sb.keys() and all(
+        torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_settings_objects_and_the_authors_keywords_convert_alike():
+    """`convert(model, tokenizer, settings, conversion=...)` equals the same values given as keywords."""
+    model = build("bart", "ForConditionalGeneration")
+    keywords = dict(block_size=16, sparse_block_size=8, sparsity_factor=4, sparsity_type="lsh", num_global_tokens=3,
+                    mask_first_token=True, lsh_num_pre_rounds=2, lsh_seed=5, adaptive=False)
+    extra = dict(random_global_init=True, global_positional_stride=7, pass_global_tokens_to_decoder=False, seed=9)
+    by_keywords = lsg.convert(model, max_length=256, bos_token_id=0, mask_token_id=4, **keywords, **extra)
+    by_objects = lsg.convert(model, None, LSGSettings(**keywords), max_length=256, bos_token_id=0, mask_token_id=4,
+                             conversion=ConversionSettings(**extra))
+    assert _same_model(by_keywords, by_objects)
+    assert by_objects.config.lsh_seed == 5 and by_objects.config.pass_global_tokens_to_decoder is False
+    # the authors' length keyword, and keywords replacing single fields of the objects
+    mixed = lsg.convert(model, settings=LSGSettings(**{**keywords, "block_size": 64}), conversion=ConversionSettings(),
+                        max_sequence_length=256, bos_token_id=0, mask_token_id=4, block_size=16, **extra)
+    assert _same_model(mixed, by_objects)
+
+
+def test_unknown_keywords_name_the_settings_fields():
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['block_sise'\].*'block_size'.*'seed'"):
+        lsg.convert(build("bert"), max_length=128, block_sise=8, **SMALL)
 
 
 def test_unsupported_architectures_are_named():

@@ -2,6 +2,7 @@
 
     import lsg
     long_model = lsg.convert(model, tokenizer, max_length=4096, sparsity_type="norm")
+    long_model = lsg.convert(model, tokenizer, lsg.LSGSettings(block_size=64), max_length=4096)
 
     python -m lsg.convert --model bert-base-uncased --out runs/lsg-bert-4096 --max-length 4096
 
@@ -9,6 +10,10 @@ Conversion only does what an attention function cannot: it extends the learned p
 tiling (spec §2.2), adds the global-token table initialised from the original weights (§2.3), and
 writes the LSG fields into a config of the family's `lsg_<type>` model type, so `save_pretrained`
 round-trips. Every source weight is copied unchanged; the result has the same head class.
+
+The knobs are two dataclasses, each the one definition of its fields: `lsg.LSGSettings` (the attention,
+saved in the model's config) and `ConversionSettings` (how the new rows are initialised). `convert` takes
+them whole or by the authors' keyword names, and the command-line flags are generated from them.
 """
 
 from __future__ import annotations
@@ -18,19 +23,59 @@ import copy
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
 from lsg.positions import initial_global_table, tile_positions
-from lsg.settings import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGSettings
+from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
+from lsg.validation import check_int
 
 # Config entries that describe the source checkpoint rather than the converted model.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """Conversion choices that are not LSG attention parameters: how the new rows start (spec §2.3).
+
+    Args:
+        random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
+        global_positional_stride: stride used to pick the position row of each global token.
+        use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
+        pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
+            cross-attention sees them (spec §3.6); ignored by encoder-only families.
+        seed: seeds every random draw of the conversion (random_global_init; the CLI's new heads).
+    """
+
+    random_global_init: bool = False
+    global_positional_stride: int = 64
+    use_token_ids: bool = True
+    pass_global_tokens_to_decoder: bool = True
+    seed: int = 123
+
+    def __post_init__(self) -> None:
+        check_int("global_positional_stride", self.global_positional_stride, 1)
+        check_int("seed", self.seed)
+
+
+def _apply_keywords(settings: LSGSettings | None, conversion: ConversionSettings | None,
+                    keywords: dict[str, Any]) -> tuple[LSGSettings, ConversionSettings]:
+    """`settings` and `conversion` (defaults if None) with the fields named in `keywords` replaced."""
+    names = {cls: [f.name for f in fields(cls)] for cls in (LSGSettings, ConversionSettings)}
+    unknown = sorted(set(keywords).difference(*names.values()))
+    if unknown:
+        raise TypeError(f"convert() got unexpected keyword arguments {unknown}; the settings are the fields of "
+                        f"LSGSettings {names[LSGSettings]} and of ConversionSettings {names[ConversionSettings]}")
+    pick = {cls: {k: v for k, v in keywords.items() if k in names[cls]} for cls in names}
+    return (replace(settings or LSGSettings(), **pick[LSGSettings]),
+            replace(conversion or ConversionSettings(), **pick[ConversionSettings]))
 
 
 def _tokenizer_next_to(model: PreTrainedModel) -> PreTrainedTokenizerBase | None:
@@ -80,7 +125,7 @@ def _head_suffix(model: PreTrainedModel, family: Family) -> str:
     return suffix
 
 
-def check_source(config: PretrainedConfig, max_length: int, global_positional_stride: int = 64) -> Family:
+def check_source(config: PretrainedConfig, max_length: int) -> Family:
     """Everything about a source config that makes conversion impossible, checked before weights are read."""
     family = family_of(config)
     if config.model_type != family.model_type:
@@ -93,38 +138,21 @@ def check_source(config: PretrainedConfig, max_length: int, global_positional_st
             "set it to 0.0 (accepted: 0.0)"
         )
     original_length = family.original_length(config)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < original_length:
-        raise ValueError(
-            f"max_length={max_length} must be an integer >= the model's own maximum length {original_length}"
-        )
-    if global_positional_stride < 1:
-        raise ValueError(f"global_positional_stride={global_positional_stride} must be >= 1")
+    check_int("max_length", max_length, original_length, hint=f"{original_length} is the model's own maximum length")
     return family
 
 
 def convert(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    settings: LSGSettings | None = None,
     *,
+    max_length: int = 4096,
+    conversion: ConversionSettings | None = None,
     bos_token_id: int | None = None,
     mask_token_id: int | None = None,
-    max_length: int = 4096,
     max_sequence_length: int | None = None,
-    block_size: int = 128,
-    sparse_block_size: int = 128,
-    sparsity_factor: int = 2,
-    sparsity_type: str | None = "norm",
-    num_global_tokens: int = 1,
-    mask_first_token: bool = False,
-    pool_with_global: bool = True,
-    lsh_num_pre_rounds: int = 1,
-    lsh_seed: int = 0,
-    adaptive: bool = True,
-    random_global_init: bool = False,
-    global_positional_stride: int = 64,
-    use_token_ids: bool = True,
-    pass_global_tokens_to_decoder: bool = True,
-    seed: int = 123,
+    **keywords: Any,
 ) -> PreTrainedModel:
     """Return an LSG copy of `model` (same head class family, same weights, longer positions).
 
@@ -133,28 +161,24 @@ def convert(
         tokenizer: its tokenizer, used for the BOS/CLS and MASK ids of the global init; if omitted the ids
             come from `bos_token_id`/`mask_token_id`, else from the tokenizer saved at `model.name_or_path`.
             Its `model_max_length` is set to `max_length`, so truncation follows the new limit.
+        settings: the LSG attention parameters (default `LSGSettings()`).
         max_length: L, new maximum number of tokens (alias `max_sequence_length`, the authors' name).
-        block_size, sparse_block_size, sparsity_factor, sparsity_type, num_global_tokens, mask_first_token,
-            pool_with_global, lsh_num_pre_rounds, lsh_seed, adaptive: see `lsg.LSGSettings`.
-        random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
-        global_positional_stride: stride used to pick the position row of each global token.
-        use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
-        pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
-            cross-attention sees them (spec §3.6); ignored by encoder-only families.
-        seed: seeds every random draw of the conversion (`random_global_init`).
+        conversion: how the new rows are initialised (default `ConversionSettings()`).
+        bos_token_id, mask_token_id: ids for the global init when there is no tokenizer.
+        **keywords: any field of `LSGSettings` or `ConversionSettings` under the authors' names
+            (block_size=..., sparsity_type=..., seed=...); each replaces that field of `settings`/`conversion`.
 
     Returns:
         The converted model, in the same train/eval mode, dtype and device as `model`.
+
+    Raises:
+        TypeError: a keyword that is no settings field.
+        ValueError: a bad setting or an unsupported model, before any weight is copied.
     """
     if max_sequence_length is not None:
         max_length = max_sequence_length
-    settings = LSGSettings(
-        block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor,
-        sparsity_type=sparsity_type, num_global_tokens=num_global_tokens, mask_first_token=mask_first_token,
-        pool_with_global=pool_with_global, lsh_num_pre_rounds=lsh_num_pre_rounds, lsh_seed=lsh_seed,
-        adaptive=adaptive,
-    )
-    family = check_source(model.config, max_length, global_positional_stride)
+    settings, conversion = _apply_keywords(settings, conversion, keywords)
+    family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
     offset = family.position_offset
     first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
@@ -163,7 +187,7 @@ def convert(
     config_dict.update(settings.to_dict(), max_position_embeddings=max_length + family.saved_position_offset,
                        architectures=[f"LSG{type(model).__name__}"])
     if family.is_encoder_decoder:
-        config_dict["pass_global_tokens_to_decoder"] = pass_global_tokens_to_decoder
+        config_dict["pass_global_tokens_to_decoder"] = conversion.pass_global_tokens_to_decoder
     config = CONFIG_CLASSES[family.model_type](**config_dict)
     converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
 
@@ -178,13 +202,14 @@ def convert(
                  if family.position_tables else None)  # rotary: globals get no position term
     type_row = (
         source.embeddings.token_type_embeddings.weight.detach()[0]
-        if family.token_type_in_globals and use_token_ids else None
+        if family.token_type_in_globals and conversion.use_token_ids else None
     )
     # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
     words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
     state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
         positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id, mask_token_id=mask_id,
-        stride=global_positional_stride, token_type_row=type_row, random_init=random_global_init, seed=seed,
+        stride=conversion.global_positional_stride, token_type_row=type_row,
+        random_init=conversion.random_global_init, seed=conversion.seed,
     )
     result = converted.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -213,7 +238,6 @@ def _head_class_for(config: Any, architecture: str | None) -> type[PreTrainedMod
     return family.head_class(next((s for s in suffixes if s is not None), family.default_head))
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = LSGSettings()
     p = argparse.ArgumentParser(
         prog="python -m lsg.convert",
         description="Convert a BERT/RoBERTa checkpoint (hub id or local dir) to LSG attention and save it.",
@@ -227,23 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the source config's, else the family default)")
     p.add_argument("--num-labels", type=int, help="number of labels of a new classification head")
     p.add_argument("--max-length", type=int, default=4096, help="new maximum sequence length L")
-    p.add_argument("--block-size", type=int, default=defaults.block_size)
-    p.add_argument("--sparse-block-size", type=int, default=defaults.sparse_block_size)
-    p.add_argument("--sparsity-factor", type=int, default=defaults.sparsity_factor)
-    p.add_argument("--sparsity-type", default=defaults.sparsity_type, choices=SPARSITY_TYPES)
-    p.add_argument("--num-global-tokens", type=int, default=defaults.num_global_tokens)
-    p.add_argument("--mask-first-token", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--pool-with-global", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--lsh-num-pre-rounds", type=int, default=defaults.lsh_num_pre_rounds)
-    p.add_argument("--lsh-seed", type=int, default=defaults.lsh_seed)
-    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=defaults.adaptive,
-                   help="pad inputs to a block multiple internally")
-    p.add_argument("--random-global-init", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--global-positional-stride", type=int, default=64)
-    p.add_argument("--use-token-ids", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--pass-global-tokens-to-decoder", action=argparse.BooleanOptionalAction, default=True,
-                   help="encoder-decoders: keep the global states in the encoder output (default: keep)")
-    p.add_argument("--seed", type=int, default=123)
+    add_flags(p, LSGSettings, "LSG attention (lsg.LSGSettings, saved in the model's config)")
+    add_flags(p, ConversionSettings, "conversion (lsg.ConversionSettings)")
     return p
 
 
@@ -257,13 +266,6 @@ def _print_architectures() -> None:
         heads = sorted(family.heads, key=lambda suffix: suffix != family.default_head)
         print(f"{family.model_type}: {kind}, positions {positions}")
         print("    " + ", ".join(family.name + suffix for suffix in heads))
-
-
-def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
-    """The `convert` keyword arguments given on the command line."""
-    names = (*LSGSettings.field_names(), "max_length", "random_global_init", "global_positional_stride",
-             "use_token_ids", "pass_global_tokens_to_decoder", "seed")
-    return {name: getattr(args, name) for name in names}
 
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
@@ -295,23 +297,23 @@ def main(argv: list[str] | None = None) -> Path | None:
         parser.error(f"--out {args.out} exists and is not an empty directory; pass --overwrite to replace it")
     if args.num_labels is not None and args.num_labels < 1:
         parser.error(f"--num-labels {args.num_labels} must be >= 1")
-    options = _settings_from(args)
     try:  # every check that needs no weights runs before the (possibly multi-GB) load
-        LSGSettings(**{name: options[name] for name in LSGSettings.field_names()})
+        settings = from_flags(LSGSettings, args)
+        conversion = from_flags(ConversionSettings, args)
         config = AutoConfig.from_pretrained(args.model)
-        check_source(config, args.max_length, args.global_positional_stride)
+        check_source(config, args.max_length)
         head_class = _head_class_for(config, args.architecture)
     except ValueError as error:
         parser.error(str(error))
-    torch.manual_seed(args.seed)  # new heads (e.g. a classifier) get reproducible weights
+    torch.manual_seed(conversion.seed)  # new heads (e.g. a classifier) get reproducible weights
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
     model = head_class.from_pretrained(args.model, **extra)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    converted = convert(model, tokenizer, **options)
+    converted = convert(model, tokenizer, settings, max_length=args.max_length, conversion=conversion)
     tokenizer.model_max_length = args.max_length
     _save_atomically(converted, tokenizer, args.out)
-    print(f"saved {type(converted).__name__} (max_length={args.max_length}, {args.sparsity_type}) to {args.out}")
+    print(f"saved {type(converted).__name__} (max_length={args.max_length}, {settings.sparsity_type}) to {args.out}")
     return args.out
 
 
-__all__ = ["convert", "main", "special_token_ids"]
+__all__ = ["ConversionSettings", "convert", "main", "special_token_ids"]
