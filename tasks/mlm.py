@@ -22,13 +22,12 @@ from transformers import (
     EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Trainer,
     default_data_collator,
 )
 
 from tasks.config import TaskConfig
 from tasks.metrics import mlm_scores
-from tasks.registry import TASK_FAMILIES
+from tasks.registry import TASK_KINDS, TaskKind
 
 EVAL_MASK_SEED = 1234
 
@@ -55,14 +54,10 @@ class MLMCollator:
         return self.masker(features)
 
 
-class MaskedLM:
+class MaskedLM(TaskKind):
     """MLM head on the encoder; all-MiniLM-L6-v2 ships none, so its head starts untrained."""
 
     head = "ForMaskedLM"
-    trainer_class = Trainer
-
-    def head_kwargs(self, splits: datasets.DatasetDict, task: TaskConfig) -> dict[str, Any]:
-        return {}
 
     def encode(self, splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, task: TaskConfig,
                max_length: int) -> datasets.DatasetDict:
@@ -80,20 +75,15 @@ class MaskedLM:
                                                      if key in masked})
         return datasets.DatasetDict(out)
 
-    def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
-        return None
-
     def collator(self, tokenizer: PreTrainedTokenizerBase, task: TaskConfig, model: PreTrainedModel) -> Callable:
         return MLMCollator(tokenizer, task.mlm_probability)
 
-    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        def compute(prediction: EvalPrediction) -> dict[str, float]:
-            reduced = np.asarray(prediction.predictions)  # (N, T, 2): argmax id, token loss
-            return mlm_scores(reduced[..., 1], reduced[..., 0].astype(np.int64), np.asarray(prediction.label_ids))
+    def scores(self, prediction: EvalPrediction, task: TaskConfig,
+               tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        reduced = np.asarray(prediction.predictions)  # (N, T, 2): argmax id, token loss
+        return mlm_scores(reduced[..., 1], reduced[..., 0].astype(np.int64), np.asarray(prediction.label_ids))
 
-        return compute
-
-    def preprocess_logits(self) -> Callable | None:
+    def preprocess_logits(self) -> Callable:
         def reduce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             # (B, T, V) logits would be gathered whole: 4096 x 30522 floats = 0.5 GB per sequence. Keep
             # the argmax and the token cross-entropy (float32, exact for ids < 2**24): (B, T, 2).
@@ -104,4 +94,4 @@ class MaskedLM:
         return reduce
 
 
-TASK_FAMILIES.register("mlm")(MaskedLM())
+TASK_KINDS.register("mlm")(MaskedLM())

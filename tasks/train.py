@@ -29,14 +29,14 @@ import torch
 import transformers
 from accelerate import PartialState
 from omegaconf import OmegaConf
-from transformers import Seq2SeqTrainingArguments, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.config import RunConfig
 from tasks.data import load_splits
 from tasks.metrics import HIGHER_IS_BETTER
 from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
-from tasks.registry import load_family
+from tasks.registry import TaskKind, load_kind
 from tasks.report import check_record, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,16 @@ def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
     return True
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path, report_to: str) -> TrainingArguments:
-    """HF TrainingArguments; gradient accumulation = task.batch_size / (per-device batch x processes)."""
+def training_arguments(cfg: RunConfig, kind: TaskKind, run_dir: Path, report_to: str) -> TrainingArguments:
+    """The kind's TrainingArguments; gradient accumulation = task.batch_size / (per-device batch x processes)."""
     processes = PartialState().num_processes
     per_step = cfg.trainer.per_device_batch_size * processes
     if cfg.task.batch_size % per_step:
         raise ValueError(f"task.batch_size={cfg.task.batch_size} is not a multiple of per-device batch "
                          f"{cfg.trainer.per_device_batch_size} x {processes} processes; change "
                          "trainer.per_device_batch_size or the number of processes")
-    arguments = Seq2SeqTrainingArguments if cfg.task.family == "seq2seq" else TrainingArguments
-    extra = {"predict_with_generate": True} if cfg.task.family == "seq2seq" else {}
     trainer = cfg.trainer
-    return arguments(
+    return kind.training_arguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=trainer.per_device_batch_size,
         per_device_eval_batch_size=trainer.eval_batch_size or trainer.per_device_batch_size,
@@ -138,7 +136,6 @@ def training_arguments(cfg: RunConfig, run_dir: Path, report_to: str) -> Trainin
         run_name=cfg.run_name,
         dataloader_num_workers=trainer.dataloader_workers,
         disable_tqdm=False,
-        **extra,
     )
 
 
@@ -174,27 +171,27 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     run_dir.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(cfg.trainer.seed)
     length = input_length(cfg)
-    family = load_family(cfg.task.family)
+    kind = load_kind(cfg.task.kind)
 
     with state.main_process_first():  # builders and tokenization once, not concurrently
         splits = load_splits(cfg.task.data)
         tokenizer = load_tokenizer(cfg.model, length)
-        encoded = family.encode(splits, tokenizer, cfg.task, length)
-    model = build_model(cfg.model, family.head, tokenizer, **family.head_kwargs(splits, cfg.task))
-    family.prepare_model(model, tokenizer, cfg.task)
+        encoded = kind.encode(splits, tokenizer, cfg.task, length)
+    model = build_model(cfg.model, kind.head, tokenizer, **kind.head_kwargs(splits, cfg.task))
+    kind.prepare_model(model, tokenizer, cfg.task)
     counts = apply_tuning(model, cfg.trainer)
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
     report_to = "wandb" if start_wandb(cfg, run_dir) else "none"
-    trainer = family.trainer_class(
+    trainer = kind.trainer_class(
         model=model,
-        args=training_arguments(cfg, run_dir, report_to),
+        args=training_arguments(cfg, kind, run_dir, report_to),
         train_dataset=encoded["train"],
-        data_collator=family.collator(tokenizer, cfg.task, model),
+        data_collator=kind.collator(tokenizer, cfg.task, model),
         processing_class=tokenizer,
-        compute_metrics=family.compute_metrics(cfg.task, tokenizer),
-        preprocess_logits_for_metrics=family.preprocess_logits(),
+        compute_metrics=kind.compute_metrics(cfg.task, tokenizer),
+        preprocess_logits_for_metrics=kind.preprocess_logits(),
         callbacks=[JsonlLog(run_dir / "train_log.jsonl"), *callbacks],
         optimizers=(optimizer_for(model, cfg), None),  # the scheduler (linear decay) is the Trainer's
     )

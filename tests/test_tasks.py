@@ -21,7 +21,7 @@ from tasks.data import (
     words,
 )
 from tasks.metrics import classification_scores, mlm_scores, rouge_scores, sentences_per_line, with_none_label
-from tasks.registry import load_family
+from tasks.registry import TaskKind, load_kind
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
@@ -180,8 +180,19 @@ def test_unreachable_hub_dataset_says_which_id_and_how_to_use_local_files():
     assert "'coastalcph/lex_glue'" in message and "task.data.path=" in message
 
 
-def test_unknown_builder_and_family_list_the_available_ones():
+def test_unknown_builder_and_kind_list_the_available_ones():
     with pytest.raises(KeyError, match=r"Did you mean 'bbc_topic'\?.*Available"):
         load_splits(DataConfig(builder="bbc_topc"))
     with pytest.raises(KeyError, match="Available"):
-        load_family("regression")
+        load_kind("regression")
+
+
+def test_kinds_share_the_defaults_and_seq2seq_evaluates_generated_text(tmp_path):
+    classification, seq2seq = load_kind("classification"), load_kind("seq2seq")
+    assert all(isinstance(load_kind(name), TaskKind) for name in ("classification", "mlm", "seq2seq"))
+    assert seq2seq.training_arguments(output_dir=str(tmp_path), use_cpu=True).predict_with_generate
+    assert not hasattr(classification.training_arguments(output_dir=str(tmp_path), use_cpu=True),
+                       "predict_with_generate")
+    assert load_kind("mlm").head_kwargs(None, None) == {} and classification.preprocess_logits() is None
+    with pytest.raises(TypeError, match="abstract"):
+        TaskKind()  # a kind must say how it encodes and scores
