@@ -8,16 +8,15 @@ lists of ids turned into 0/1 float rows (BCE loss).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import datasets
 import numpy as np
-from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from tasks.config import TaskConfig
 from tasks.metrics import classification_scores, main_output
-from tasks.registry import TASK_FAMILIES
+from tasks.registry import TASK_KINDS, TaskKind, map_splits
 
 
 def label_names(splits: datasets.DatasetDict, task: TaskConfig) -> list[str]:
@@ -34,11 +33,10 @@ def label_names(splits: datasets.DatasetDict, task: TaskConfig) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-class Classification:
+class Classification(TaskKind):
     """Sequence classification with a fresh head on the encoder (BERT/RoBERTa pooler + linear)."""
 
     head = "ForSequenceClassification"
-    trainer_class = Trainer
 
     def head_kwargs(self, splits: datasets.DatasetDict, task: TaskConfig) -> dict[str, Any]:
         names = label_names(splits, task)
@@ -75,30 +73,16 @@ class Classification:
                 encoded["labels"] = [to_id(label) for label in batch[label_field]]
             return encoded
 
-        encoded = datasets.DatasetDict({
-            split: rows.map(tokenize, batched=True, remove_columns=rows.column_names, desc=f"tokenize {split}")
-            for split, rows in splits.items()
-        })
+        encoded = map_splits(splits, tokenize)
         if task.multi_label:  # BCE needs float targets; a source column also named "labels" would keep its int type
             encoded = encoded.cast_column("labels", datasets.Sequence(datasets.Value("float32")))
         return encoded
 
-    def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
-        return None
-
-    def collator(self, tokenizer: PreTrainedTokenizerBase, task: TaskConfig, model: PreTrainedModel) -> Callable:
-        return DataCollatorWithPadding(tokenizer)
-
-    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        def compute(prediction: EvalPrediction) -> dict[str, float]:
-            return classification_scores(main_output(prediction.predictions), np.asarray(prediction.label_ids),
-                                         multi_label=task.multi_label, none_label=task.none_label,
-                                         threshold=task.threshold)
-
-        return compute
-
-    def preprocess_logits(self) -> Callable | None:
-        return None
+    def scores(self, prediction: EvalPrediction, task: TaskConfig,
+               tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        return classification_scores(main_output(prediction.predictions), np.asarray(prediction.label_ids),
+                                     multi_label=task.multi_label, none_label=task.none_label,
+                                     threshold=task.threshold)
 
 
-TASK_FAMILIES.register("classification")(Classification())
+TASK_KINDS.register("classification")(Classification())

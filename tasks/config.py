@@ -27,7 +27,7 @@ from lsg.validation import check_choice, check_range
 # original: the checkpoint's own attention, untouched ("full" is one of Table 1's swapped-in attentions).
 ATTENTIONS = ("original", "lsg", "longformer", "bigbird")
 ARCHITECTURES = ("encoder", "bart", "bert2bert")
-FAMILIES = ("classification", "mlm", "seq2seq")
+KINDS = ("classification", "mlm", "seq2seq")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TUNE_MODES = ("all", "global_tokens")
 LOGGERS = ("wandb", "none")
@@ -148,7 +148,7 @@ class TaskConfig:
     """A dataset, how to read it, its metric and the paper's training hyper-parameters for it."""
 
     name: str = MISSING
-    family: str = MISSING
+    kind: str = MISSING  # classification / mlm / seq2seq (tasks/registry.py)
     data: DataConfig = field(default_factory=DataConfig)
     max_length: int = 4096  # input tokens; the model's max_length caps it
     num_labels: int | None = None  # classification; taken from the data when null
@@ -172,7 +172,7 @@ class TaskConfig:
         if not self.data.has_source():
             raise ValueError(f"task={self.name}: task.data needs one of hub_id, path or builder; "
                              "set task.data.path=<dir of train/validation/test .jsonl/.csv/.parquet files>")
-        check_choice("task.family", self.family, FAMILIES)
+        check_choice("task.kind", self.kind, KINDS)
         check_range("task.max_length", self.max_length, 8)
         check_range("task.batch_size", self.batch_size, 1)
         check_range("task.learning_rate", self.learning_rate, 0.0)
@@ -263,12 +263,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if MISSING in (self.task.name, self.model.name, self.trainer.name):  # schema defaults
             return
-        if self.task.family == "seq2seq" and self.model.architecture == "encoder":
+        if self.task.kind == "seq2seq" and self.model.architecture == "encoder":
             raise ValueError(f"task={self.task.name} is seq2seq but model={self.model.name} is an encoder; "
                              "use model=lsg_bert2bert (offline), lsg_bart or bart_base")
-        if self.task.family != "seq2seq" and self.model.architecture != "encoder":
+        if self.task.kind != "seq2seq" and self.model.architecture != "encoder":
             raise ValueError(f"model={self.model.name} is a seq2seq model; task={self.task.name} "
-                             f"({self.task.family}) needs an encoder model such as model=lsg_norm")
+                             f"({self.task.kind}) needs an encoder model such as model=lsg_norm")
         if self.trainer.tune == "global_tokens" and self.model.attention != "lsg":
             raise ValueError(f"trainer.tune=global_tokens needs an LSG model; model={self.model.name} "
                              f"uses attention={self.model.attention}")

@@ -11,18 +11,51 @@
 * Summarization (Tables 4-7): ROUGE-1/2/L/Lsum F-measures in percent, `rouge_score` with the Porter
   stemmer, averaged over documents (a plain mean: deterministic, unlike a bootstrap median). For Lsum the
   reference and the prediction are split into sentences with the offline Punkt model and joined with "\n".
+
+`METRICS` registers each of these scores once, by the name every results file uses, with its unit and
+whether higher is better.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from lsg.registry import Registry
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-HIGHER_IS_BETTER = {"accuracy": True, "micro_f1": True, "macro_f1": True, "bpc": False, "mlm_accuracy": True,
-                    **{name: True for name in ROUGE_TYPES}}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A score of the paper's tables: its unit and which way is better (lm-eval's `higher_is_better`)."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS: Registry[Metric] = Registry("metric")
+# The one declaration of each metric's unit and direction: run records, reports and Table 1 read them here.
+# Counts the scorers also return (masked_tokens, generated_tokens) and the Trainer's loss are not table scores.
+for _metric in (
+    Metric("accuracy", "%", True),
+    Metric("micro_f1", "%", True),
+    Metric("macro_f1", "%", True),
+    Metric("bpc", "bits per masked token", False),
+    Metric("mlm_accuracy", "fraction of masked tokens", True),
+    *(Metric(name, "%", True) for name in ROUGE_TYPES),
+):
+    METRICS.register(_metric.name)(_metric)
+
+
+def higher_is_better(names: Iterable[str]) -> dict[str, bool]:
+    """The direction of each registered metric among `names`; other keys (counts, loss) are left out."""
+    return {name: METRICS.get(name).higher_is_better for name in names if name in METRICS}
 
 
 def main_output(predictions: np.ndarray | tuple) -> np.ndarray:

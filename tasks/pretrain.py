@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ from transformers import (
 )
 
 from lsg.assets import minilm_dir, package_dir
+from lsg.atomic import staged_directory
 from tasks.data import build_wiki_mlm
 from tasks.mlm import blocks
 
@@ -193,14 +193,10 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig()) -> Path:
         losses.append(loss.item())
         progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.eval().save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     summary = {"config": asdict(cfg), "blocks": len(data), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                "losses": losses}
-    (staging / "pretrain.json").write_text(json.dumps(summary, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with staged_directory(out) as staging:  # swapped in whole: the reuse check never meets half a model
+        model.eval().save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "pretrain.json").write_text(json.dumps(summary, indent=1))
     return out

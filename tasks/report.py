@@ -1,4 +1,4 @@
-"""The results-file schema (`metrics.json`) and a small aggregator that prints/writes run tables.
+"""The results-file schema (`metrics.json`), the one builder of its records, and a small aggregator of run tables.
 
 `python -m tasks.report runs/longdoc_demo` (the second half of `make run`) reads every
 `runs/longdoc_demo/*/metrics.json`, groups runs by model (mean ± std over seeds), prints a Markdown
@@ -7,42 +7,34 @@ a metric: it only reads the files.
 
 metrics.json, one flat record per run (keys in `RECORD_KEYS`):
     experiment, task, model, attention, checkpoint, max_length (input tokens), seed, split,
-    metrics (the paper's units: F1/accuracy/ROUGE in percent, BPC in bits per masked token),
+    metrics (the paper's units, declared with their direction in `tasks.metrics.METRICS`),
     higher_is_better, n_samples, train_seconds, eval_seconds, wall_seconds, train_tokens_per_second,
     eval_tokens_per_second, trainable_parameters, parameters, git, date, device, versions, run_dir.
+Every record, of a training run (tasks/train.py) or of a Table 1 cell (tasks/table1.py), is made by
+`build_record`, which checks it against this schema.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
-import os
+import logging
+import platform
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks.metrics import METRICS, higher_is_better
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = (
     "experiment", "task", "model", "attention", "checkpoint", "max_length", "seed", "split", "metrics",
     "higher_is_better", "n_samples", "train_seconds", "eval_seconds", "wall_seconds", "train_tokens_per_second",
     "eval_tokens_per_second", "trainable_parameters", "parameters", "git", "date", "device", "versions", "run_dir",
 )
-TABLE_METRICS = ("accuracy", "macro_f1", "micro_f1", "bpc", "rouge1", "rouge2", "rougeL", "rougeLsum")
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write JSON so that a reader (or a sweep re-run) never sees half a file: temp file + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
 
 
 def check_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -54,16 +46,84 @@ def check_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in RECORD_KEYS}
 
 
+def git_revision() -> str | None:
+    """The checked-out commit, read from .git without running git (None outside a checkout)."""
+    head = REPO / ".git" / "HEAD"
+    if not head.exists():
+        return None
+    ref = head.read_text().strip()
+    if not ref.startswith("ref: "):
+        return ref
+    loose = REPO / ".git" / ref[5:]
+    if loose.exists():
+        return loose.read_text().strip()
+    packed = REPO / ".git" / "packed-refs"
+    for line in packed.read_text().splitlines() if packed.exists() else []:
+        if line.endswith(ref[5:]):
+            return line.split()[0]
+    return None
+
+
+def build_record(*, metrics: dict[str, float], device: str, train_tokens: float, eval_tokens: float,
+                 processes: int = 1, **fields: Any) -> dict[str, Any]:
+    """The metrics.json record of a run: its own fields plus what every record derives the same way.
+
+    Training runs (tasks/train.py) and Table 1's cells (tasks/table1.py) both build their records here, so
+    both carry the same keys, the directions declared in `tasks.metrics.METRICS`, and the same provenance.
+
+    Args:
+        metrics: scores in the paper's units, by their registered names (plus counts such as masked_tokens).
+        device: "cuda" or "cpu"; recorded as the GPU's or the processor's name.
+        train_tokens: tokens read by training, over all epochs (0 when nothing was trained).
+        eval_tokens: tokens read by the evaluation.
+        processes: processes that ran the job (Accelerate).
+        **fields: the other RECORD_KEYS: experiment, task, model, attention, checkpoint, max_length, seed, split,
+            n_samples, train_seconds, eval_seconds, wall_seconds, trainable_parameters, parameters, run_dir.
+
+    Returns:
+        The record, keys in RECORD_KEYS order. Raises ValueError naming missing or unknown keys.
+    """
+    import torch  # here, not at the top: the aggregator below only reads files and should start fast
+    import transformers
+
+    train_seconds, eval_seconds = fields.get("train_seconds", 0.0), fields.get("eval_seconds", 0.0)
+    return check_record({
+        **fields, "metrics": metrics, "higher_is_better": higher_is_better(metrics),
+        "train_tokens_per_second": train_tokens / train_seconds if train_seconds else 0.0,
+        "eval_tokens_per_second": eval_tokens / eval_seconds if eval_seconds else 0.0,
+        "git": git_revision(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "processes": processes},
+    })
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record in `path` (a finished run or cell), or None when there is none of the current schema.
+
+    A file written before a schema change (Table 1 cells used their own keys) counts as not done: the caller
+    runs that cell again rather than mixing two schemas in one table.
+    """
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return check_record(record)
+    except ValueError as error:
+        log.warning("%s is not a current record (%s): running it again", path, error)
+        return None
+
+
 def read_records(root: Path) -> list[dict[str, Any]]:
     """Every metrics.json under `root`, sorted by model then seed (deterministic tables)."""
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob("**/metrics.json"))]
     return sorted(records, key=lambda r: (r["task"], r["model"], r["max_length"], r["seed"]))
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(metric: str, values: list[float]) -> str:
+    digits = 1 if METRICS.get(metric).unit == "%" else 3  # bits and fractions need more than one decimal
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,10 +133,12 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((record["task"], record["model"], record["max_length"]), []).append(record)
     rows = []
     for (task, model, max_length), runs in groups.items():
-        metrics = [m for m in TABLE_METRICS if all(m in r["metrics"] for r in runs)]
+        # Every registered metric the runs have, by name: accuracy, macro_f1, micro_f1 / bpc, mlm_accuracy /
+        # rouge1 ... rougeLsum; counts (masked_tokens, generated_tokens) and the loss are not table columns.
+        metrics = [m for m in METRICS.names() if all(m in r["metrics"] for r in runs)]
         row = {"task": task, "model": model, "max_length": max_length, "seeds": len(runs),
                "checkpoint": Path(runs[0]["checkpoint"]).name}
-        row.update({m: _mean_std([r["metrics"][m] for r in runs]) for m in metrics})
+        row.update({m: _mean_std(m, [r["metrics"][m] for r in runs]) for m in metrics})
         row["_means"] = {m: statistics.mean(r["metrics"][m] for r in runs) for m in metrics}
         row["train tokens/s"] = f"{statistics.mean(r['train_tokens_per_second'] for r in runs):.0f}"
         row["eval tokens/s"] = f"{statistics.mean(r['eval_tokens_per_second'] for r in runs):.0f}"

@@ -19,18 +19,22 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
 )
 
 from tasks.config import TaskConfig
 from tasks.metrics import main_output, rouge_scores
-from tasks.registry import TASK_FAMILIES
+from tasks.registry import TASK_KINDS, TaskKind, map_splits
 
 
-class Seq2Seq:
+class Seq2Seq(TaskKind):
     """Encoder-decoder models: (LSG-)BART or the offline bert2bert warm start (tasks/models.py)."""
 
     head = "seq2seq"
     trainer_class = Seq2SeqTrainer
+
+    def training_arguments(self, **options: Any) -> Seq2SeqTrainingArguments:
+        return Seq2SeqTrainingArguments(predict_with_generate=True, **options)  # ROUGE scores generated text
 
     def head_kwargs(self, splits: datasets.DatasetDict, task: TaskConfig) -> dict[str, Any]:
         if not task.data.target_field:
@@ -47,10 +51,7 @@ class Seq2Seq:
                                           max_length=task.generation.max_target_length)["input_ids"]
             return encoded
 
-        return datasets.DatasetDict({
-            split: rows.map(tokenize, batched=True, remove_columns=rows.column_names, desc=f"tokenize {split}")
-            for split, rows in splits.items()
-        })
+        return map_splits(splits, tokenize)
 
     def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
         generation = model.generation_config
@@ -64,21 +65,16 @@ class Seq2Seq:
     def collator(self, tokenizer: PreTrainedTokenizerBase, task: TaskConfig, model: PreTrainedModel) -> Callable:
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
-    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        def compute(prediction: EvalPrediction) -> dict[str, float]:
-            generated = main_output(prediction.predictions)
-            generated = np.where(generated < 0, tokenizer.pad_token_id, generated)
-            labels = np.where(np.asarray(prediction.label_ids) < 0, tokenizer.pad_token_id, prediction.label_ids)
-            predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
-            references = tokenizer.batch_decode(labels, skip_special_tokens=True)
-            scores = rouge_scores(predictions, references)
-            scores["generated_tokens"] = float(np.mean([(row != tokenizer.pad_token_id).sum() for row in generated]))
-            return scores
-
-        return compute
-
-    def preprocess_logits(self) -> Callable | None:
-        return None
+    def scores(self, prediction: EvalPrediction, task: TaskConfig,
+               tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        generated = main_output(prediction.predictions)
+        generated = np.where(generated < 0, tokenizer.pad_token_id, generated)
+        labels = np.where(np.asarray(prediction.label_ids) < 0, tokenizer.pad_token_id, prediction.label_ids)
+        predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        scores = rouge_scores(predictions, references)
+        scores["generated_tokens"] = float(np.mean([(row != tokenizer.pad_token_id).sum() for row in generated]))
+        return scores
 
 
-TASK_FAMILIES.register("seq2seq")(Seq2Seq())
+TASK_KINDS.register("seq2seq")(Seq2Seq())

@@ -14,8 +14,9 @@ copied, or `lsg.convert`. Attention sizes scale with the base length so that smo
 paper's proportions: at 512 the paper uses Longformer window 512, BigBird block 64, LSG 128/2, Linformer
 k = 128; at 128 (smoke) these become 128, 16, 32/2 and 32.
 
-Each (row, length) writes `runs/table1/<scale>/<row>-L<length>/metrics.json` (the pipeline's record
-schema, `tasks.report.RECORD_KEYS`), so an interrupted sweep resumes where it stopped. Then
+Each (row, length) writes `runs/table1/<scale>/<row>-L<length>/metrics.json`, built and checked by the
+pipeline's `tasks.report.build_record` (the same keys and metric names as a training run's: `bpc`,
+`mlm_accuracy`), so an interrupted sweep resumes where it stopped. Then
 `runs/table1/<scale>/table.md` puts ours and the paper's numbers side by side, in the paper's row order,
 and `bpc_vs_length.png` plots BPC against length for every row.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
+import json
 import logging
 import re
 import time
@@ -41,27 +42,27 @@ from typing import Any
 
 import datasets
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
-    DataCollatorForLanguageModeling,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 import lsg
 from lsg import baselines
+from lsg.atomic import write_json
 from tasks.data import FILE_FORMATS, build_wiki_mlm
-from tasks.metrics import mlm_scores
-from tasks.mlm import EVAL_MASK_SEED, blocks
+from tasks.metrics import METRICS
+from tasks.mlm import EVAL_MASK_SEED, masked_blocks, reduce_logits, reduced_scores
 from tasks.pretrain import MINILM_MLM, STARTS, PretrainConfig, pretrain
-from tasks.report import write_json_atomic
+from tasks.report import build_record, read_record
 
 log = logging.getLogger(__name__)
 PAPER_TABLE = Path(__file__).with_name("paper") / "table1.yaml"
+TABLE_METRICS = ("bpc", "mlm_accuracy")  # the table's BPC and Acc columns, by their names in tasks.metrics
 ORDER_CHECK = "order_check.json"  # the base model's word-order check, beside the rows' metrics
 
 
@@ -81,6 +82,11 @@ class Scale:
     def base_length(self) -> int:
         return self.lengths[0]
 
+    @property
+    def split(self) -> str:
+        """The evaluation text's split, as the records name it."""
+        return "validation+test" if self.corpus == "wiki" else self.corpus_split
+
 
 SCALES = {
     "smoke": Scale("smoke", lengths=(128, 1024, 2048), eval_tokens=40_000, batch_size=8, corpus="wiki"),
@@ -89,10 +95,14 @@ SCALES = {
 }
 
 
+def _own_length(model: PreTrainedModel) -> int:
+    """Tokens the model reads without tiling (its position table, less the rows its family offsets)."""
+    return model.config.max_position_embeddings - lsg.families.family_of(model.config).saved_position_offset
+
+
 def _tiled(model: PreTrainedModel, length: int) -> PreTrainedModel:
     """The model reading `length` tokens: positions tiled, or a copy when it already reads that far."""
-    own = model.config.max_position_embeddings - lsg.families.family_of(model.config).saved_position_offset
-    return baselines.tile_model_positions(model, length) if length > own else copy.deepcopy(model)
+    return baselines.tile_model_positions(model, length) if length > _own_length(model) else copy.deepcopy(model)
 
 
 def _swap(name: str, **params: Any) -> Callable[[PreTrainedModel, PreTrainedTokenizerBase, int], PreTrainedModel]:
@@ -170,13 +180,6 @@ def evaluation_texts(scale: Scale) -> list[str]:
     return texts
 
 
-def masked_blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> dict[str, torch.Tensor]:
-    """Blocks of exactly `length` tokens, masked once with a fixed seed (same positions for every row)."""
-    ids = blocks(texts, tokenizer, length)
-    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=EVAL_MASK_SEED)
-    return masker([{"input_ids": row} for row in ids])
-
-
 def shuffled_context(data: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase,
                      seed: int = 0) -> dict[str, torch.Tensor]:
     """The same masked blocks with each block's visible tokens (not scored, not special) permuted in place.
@@ -205,16 +208,14 @@ def order_check(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
 @torch.no_grad()
 def score(model: PreTrainedModel, data: dict[str, torch.Tensor], batch_size: int, desc: str) -> dict[str, float]:
     """BPC and accuracy over the masked tokens; logits are reduced per batch (a 4096 x 50k slab is 0.8 GB)."""
-    losses, predictions, labels = [], [], []
+    reduced, labels = [], []
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(data["input_ids"]), batch_size), desc=desc, leave=False):
         batch = {k: v[start:start + batch_size].to(device) for k, v in data.items() if k != "labels"}
         target = data["labels"][start:start + batch_size].to(device)
-        logits = model(**batch).logits.float()
-        losses.append(F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none").cpu())
-        predictions.append(logits.argmax(-1).cpu())
+        reduced.append(reduce_logits(model(**batch).logits, target).cpu())
         labels.append(target.cpu())
-    return mlm_scores(torch.cat(losses).numpy(), torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+    return reduced_scores(torch.cat(reduced).numpy(), torch.cat(labels).numpy())
 
 
 def base_model(scale: Scale, out: Path, checkpoint: str | None,
@@ -230,11 +231,33 @@ def base_model(scale: Scale, out: Path, checkpoint: str | None,
     return AutoModelForMaskedLM.from_pretrained(checkpoint).eval(), tokenizer
 
 
+def score_cell(row: Row, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: dict[str, torch.Tensor],
+               scale: Scale, length: int, path: Path, checkpoint: str) -> dict[str, Any]:
+    """Build `row`'s model at `length`, score it on `data`, and write its metrics.json record to `path`."""
+    tokenizer.model_max_length = length
+    started = time.perf_counter()
+    candidate = row.build(model, tokenizer, length).eval()
+    tick = time.perf_counter()
+    metrics = score(candidate, data, scale.batch_size, f"{row.label} @ {length}")
+    eval_seconds = time.perf_counter() - tick
+    record = build_record(
+        experiment=f"table1_{scale.name}", task="mlm", model=row.label, attention=row.slug, checkpoint=checkpoint,
+        max_length=length, seed=EVAL_MASK_SEED, split=scale.split, metrics=metrics, n_samples=len(data["input_ids"]),
+        run_dir=str(path.parent), device=next(candidate.parameters()).device.type,
+        trainable_parameters=0, parameters=sum(p.numel() for p in candidate.parameters()),  # no training here
+        train_seconds=0.0, train_tokens=0, eval_seconds=eval_seconds, eval_tokens=data["input_ids"].numel(),
+        wall_seconds=time.perf_counter() - started,  # the row's conversion and its scoring
+    )
+    write_json(path, record)
+    log.info("%s @ %d: BPC %.3f, accuracy %.3f", row.label, length, metrics["bpc"], metrics["mlm_accuracy"])
+    return record
+
+
 def run(scale: Scale, out: Path, *, checkpoint: str | None = None, start: str = "minilm", force: bool = False,
         rows: list[str] | None = None) -> list[dict[str, Any]]:
     """Score every row at every length, writing one metrics.json each (existing ones are kept unless force)."""
     model, tokenizer = base_model(scale, out, checkpoint, start)
-    own = model.config.max_position_embeddings - lsg.families.family_of(model.config).saved_position_offset
+    own = _own_length(model)
     if own != scale.base_length:
         log.warning("the base model reads %d tokens, the scale assumes %d", own, scale.base_length)
     selected = [row for row in rows_for(scale.base_length) if not rows or row.slug in rows]
@@ -242,11 +265,11 @@ def run(scale: Scale, out: Path, *, checkpoint: str | None = None, start: str = 
     # The base-length blocks are masked once: the check and that length's rows score the same masked tokens.
     base_data = None
     if (out / ORDER_CHECK).exists():
-        check = yaml.safe_load((out / ORDER_CHECK).read_text())
+        check = json.loads((out / ORDER_CHECK).read_text())
     else:
         base_data = masked_blocks(texts, tokenizer, scale.base_length)
         check = order_check(model, tokenizer, base_data, scale.batch_size)
-        write_json_atomic(check, out / ORDER_CHECK)
+        write_json(out / ORDER_CHECK, check)
     log.info("base model at %d: BPC %.3f, with the context shuffled %.3f", check["length"], check["bpc"],
              check["bpc_context_shuffled"])
     records = []
@@ -254,33 +277,25 @@ def run(scale: Scale, out: Path, *, checkpoint: str | None = None, start: str = 
         data = base_data if length == scale.base_length else None
         for row in selected:
             path = out / f"{row.slug}-L{length}" / "metrics.json"
-            if path.exists() and not force:
-                records.append(yaml.safe_load(path.read_text()))
+            done = None if force else read_record(path)
+            if done is not None:
+                records.append(done)
                 continue
             data = data if data is not None else masked_blocks(texts, tokenizer, length)
-            tokenizer.model_max_length = length
-            started = time.perf_counter()
-            candidate = row.build(model, tokenizer, length).eval()
-            metrics = score(candidate, data, scale.batch_size, f"{row.label} @ {length}")
-            record = {
-                "experiment": f"table1_{scale.name}", "task": "mlm", "model": row.label, "attention": row.slug,
-                "checkpoint": checkpoint or model.name_or_path, "max_length": length, "seed": EVAL_MASK_SEED,
-                "split": "validation+test" if scale.corpus == "wiki" else scale.corpus_split,
-                "metrics": {"bpc": metrics["bpc"], "accuracy": metrics["mlm_accuracy"]},
-                "higher_is_better": {"bpc": False, "accuracy": True}, "n_samples": int(len(data["input_ids"])),
-                "masked_tokens": metrics["masked_tokens"], "eval_seconds": time.perf_counter() - started,
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "device": str(next(candidate.parameters()).device), "run_dir": str(path.parent),
-            }
-            write_json_atomic(record, path)
-            log.info("%s @ %d: BPC %.3f, accuracy %.3f", row.label, length, metrics["bpc"], metrics["mlm_accuracy"])
-            records.append(record)
+            records.append(score_cell(row, model, tokenizer, data, scale, length, path,
+                                      checkpoint or model.name_or_path))
     return records
 
 
 def paper_numbers() -> dict[str, dict[str, dict[str, float]]]:
     """The paper's Table 1 (this project's copy of the numbers): label -> metric -> {"512", "4096"}."""
     return yaml.safe_load(PAPER_TABLE.read_text())["rows"]
+
+
+def _described(name: str) -> str:
+    """A metric's unit and direction, as the table and the plot print them: "bits per masked token, lower is better"."""
+    metric = METRICS.get(name)
+    return f"{metric.unit}, {'higher' if metric.higher_is_better else 'lower'} is better"
 
 
 def table_markdown(records: list[dict[str, Any]], scale: Scale, check: dict[str, float] | None = None) -> str:
@@ -293,16 +308,16 @@ def table_markdown(records: list[dict[str, Any]], scale: Scale, check: dict[str,
     header += ["paper 512 BPC", "paper 512 Acc", "paper 4096 BPC", "paper 4096 Acc"]
     base = records[0]["checkpoint"] if records else "?"
     lines = [f"Table 1 at {scale.name} scale, base model `{base}`: ours at {short} (its length), {long} (8x) and the "
-             "other lengths, beside the paper's 512 and 4096 (RoBERTa-base). BPC = bits per masked token, lower "
-             "is better; Acc = masked-token accuracy.", "",
+             f"other lengths, beside the paper's 512 and 4096 (RoBERTa-base). BPC = {_described('bpc')}; "
+             "Acc = masked-token accuracy.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows_for(scale.base_length):
         cells = [row.label]
         for length in scale.lengths:
             metrics = ours.get((row.label, length))
-            cells += [f"{metrics['bpc']:.3f}", f"{metrics['accuracy']:.3f}"] if metrics else ["", ""]
+            cells += [f"{metrics[m]:.3f}" for m in TABLE_METRICS] if metrics else ["", ""]
         reference = paper.get(row.paper_label or "")
-        cells += ([f"{reference[m][n]:.3f}" for n in ("512", "4096") for m in ("bpc", "accuracy")]
+        cells += ([f"{reference[m][n]:.3f}" for n in ("512", "4096") for m in TABLE_METRICS]
                   if reference else ["not in paper"] * 4)
         lines.append("| " + " | ".join(cells) + " |")
     if check:
@@ -328,7 +343,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                 color=plt.cm.tab20(index % 20))  # 14 rows: the default 10-colour cycle would repeat
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluated length (tokens)")
-    ax.set_ylabel("BPC (bits per masked token, lower is better)")
+    ax.set_ylabel(f"BPC ({_described('bpc')})")
     ax.set_title("MLM without training after swapping the attention (Table 1)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
@@ -367,7 +382,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or Path("runs") / "table1" / default
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     records = run(scale, out, checkpoint=args.checkpoint, start=args.start, force=args.force, rows=args.rows)
-    table = table_markdown(records, scale, yaml.safe_load((out / ORDER_CHECK).read_text()))
+    table = table_markdown(records, scale, json.loads((out / ORDER_CHECK).read_text()))
     (out / "table.md").write_text(table)
     plot(records, out / "bpc_vs_length.png")
     print(table)

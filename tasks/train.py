@@ -15,11 +15,9 @@ runs this function; the Trainer shards the batches, and only the main process wr
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,18 +27,17 @@ import torch
 import transformers
 from accelerate import PartialState
 from omegaconf import OmegaConf
-from transformers import Seq2SeqTrainingArguments, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from lsg.atomic import write_json
 from tasks.config import RunConfig
 from tasks.data import load_splits
-from tasks.metrics import HIGHER_IS_BETTER
 from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
-from tasks.registry import load_family
-from tasks.report import check_record, write_json_atomic
+from tasks.registry import TaskKind, load_kind
+from tasks.report import build_record, read_record
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 
 
 class JsonlLog(TrainerCallback):
@@ -60,24 +57,6 @@ class JsonlLog(TrainerCallback):
         self.last = (now, state.global_step)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
-
-
-def git_revision() -> str | None:
-    """The checked-out commit, read from .git without running git (None outside a checkout)."""
-    head = REPO / ".git" / "HEAD"
-    if not head.exists():
-        return None
-    ref = head.read_text().strip()
-    if not ref.startswith("ref: "):
-        return ref
-    loose = REPO / ".git" / ref[5:]
-    if loose.exists():
-        return loose.read_text().strip()
-    packed = REPO / ".git" / "packed-refs"
-    for line in packed.read_text().splitlines() if packed.exists() else []:
-        if line.endswith(ref[5:]):
-            return line.split()[0]
-    return None
 
 
 def input_length(cfg: RunConfig) -> int:
@@ -101,18 +80,16 @@ def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
     return True
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path, report_to: str) -> TrainingArguments:
-    """HF TrainingArguments; gradient accumulation = task.batch_size / (per-device batch x processes)."""
+def training_arguments(cfg: RunConfig, kind: TaskKind, run_dir: Path, report_to: str) -> TrainingArguments:
+    """The kind's TrainingArguments; gradient accumulation = task.batch_size / (per-device batch x processes)."""
     processes = PartialState().num_processes
     per_step = cfg.trainer.per_device_batch_size * processes
     if cfg.task.batch_size % per_step:
         raise ValueError(f"task.batch_size={cfg.task.batch_size} is not a multiple of per-device batch "
                          f"{cfg.trainer.per_device_batch_size} x {processes} processes; change "
                          "trainer.per_device_batch_size or the number of processes")
-    arguments = Seq2SeqTrainingArguments if cfg.task.family == "seq2seq" else TrainingArguments
-    extra = {"predict_with_generate": True} if cfg.task.family == "seq2seq" else {}
     trainer = cfg.trainer
-    return arguments(
+    return kind.training_arguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=trainer.per_device_batch_size,
         per_device_eval_batch_size=trainer.eval_batch_size or trainer.per_device_batch_size,
@@ -138,7 +115,6 @@ def training_arguments(cfg: RunConfig, run_dir: Path, report_to: str) -> Trainin
         run_name=cfg.run_name,
         dataloader_num_workers=trainer.dataloader_workers,
         disable_tqdm=False,
-        **extra,
     )
 
 
@@ -164,9 +140,10 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
     run_dir = Path(cfg.run_dir)
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists() and not force:
+    done = None if force else read_record(metrics_path)
+    if done is not None:
         log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
-        return json.loads(metrics_path.read_text(encoding="utf-8"))
+        return done
     started = time.perf_counter()
     # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
     # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
@@ -174,27 +151,27 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     run_dir.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(cfg.trainer.seed)
     length = input_length(cfg)
-    family = load_family(cfg.task.family)
+    kind = load_kind(cfg.task.kind)
 
     with state.main_process_first():  # builders and tokenization once, not concurrently
         splits = load_splits(cfg.task.data)
         tokenizer = load_tokenizer(cfg.model, length)
-        encoded = family.encode(splits, tokenizer, cfg.task, length)
-    model = build_model(cfg.model, family.head, tokenizer, **family.head_kwargs(splits, cfg.task))
-    family.prepare_model(model, tokenizer, cfg.task)
+        encoded = kind.encode(splits, tokenizer, cfg.task, length)
+    model = build_model(cfg.model, kind.head, tokenizer, **kind.head_kwargs(splits, cfg.task))
+    kind.prepare_model(model, tokenizer, cfg.task)
     counts = apply_tuning(model, cfg.trainer)
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
     report_to = "wandb" if start_wandb(cfg, run_dir) else "none"
-    trainer = family.trainer_class(
+    trainer = kind.trainer_class(
         model=model,
-        args=training_arguments(cfg, run_dir, report_to),
+        args=training_arguments(cfg, kind, run_dir, report_to),
         train_dataset=encoded["train"],
-        data_collator=family.collator(tokenizer, cfg.task, model),
+        data_collator=kind.collator(tokenizer, cfg.task, model),
         processing_class=tokenizer,
-        compute_metrics=family.compute_metrics(cfg.task, tokenizer),
-        preprocess_logits_for_metrics=family.preprocess_logits(),
+        compute_metrics=kind.compute_metrics(cfg.task, tokenizer),
+        preprocess_logits_for_metrics=kind.preprocess_logits(),
         callbacks=[JsonlLog(run_dir / "train_log.jsonl"), *callbacks],
         optimizers=(optimizer_for(model, cfg), None),  # the scheduler (linear decay) is the Trainer's
     )
@@ -215,24 +192,16 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     eval_seconds = time.perf_counter() - tick
     metrics = {key.removeprefix(f"{split}_"): value for key, value in scores.items()
                if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second"))}
-    epochs = trainer.state.epoch or 0.0
-    record = check_record({
-        "experiment": cfg.experiment_name, "task": cfg.task.name, "model": cfg.model.name,
-        "attention": cfg.model.attention, "checkpoint": cfg.model.checkpoint, "max_length": length,
-        "seed": cfg.trainer.seed, "split": split, "metrics": metrics,
-        "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in metrics if k in HIGHER_IS_BETTER},
-        "n_samples": len(encoded[split]), "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "train_tokens_per_second": _tokens(encoded["train"]) * epochs / train_seconds if train_seconds else 0.0,
-        "eval_tokens_per_second": _tokens(encoded[split]) / eval_seconds,
-        **counts, "git": git_revision(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if cfg.trainer.device == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "processes": state.num_processes},
-        "run_dir": str(run_dir),
-    })
+    record = build_record(
+        experiment=cfg.experiment_name, task=cfg.task.name, model=cfg.model.name, attention=cfg.model.attention,
+        checkpoint=cfg.model.checkpoint, max_length=length, seed=cfg.trainer.seed, split=split, metrics=metrics,
+        n_samples=len(encoded[split]), train_seconds=train_seconds, eval_seconds=eval_seconds,
+        wall_seconds=time.perf_counter() - started, **counts, run_dir=str(run_dir), device=cfg.trainer.device,
+        train_tokens=_tokens(encoded["train"]) * (trainer.state.epoch or 0.0), eval_tokens=_tokens(encoded[split]),
+        processes=state.num_processes,
+    )
     if state.is_main_process:
-        write_json_atomic(record, metrics_path)
+        write_json(metrics_path, record)
         if report_to == "wandb":
             import wandb
 

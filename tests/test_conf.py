@@ -47,7 +47,7 @@ def test_groups_hold_what_the_issue_lists():
 def check_pair(model: str, task: str) -> None:
     """Compose model x task; compatible pairs validate, incompatible ones fail at startup naming both."""
     cfg = compose(config_name="config", overrides=[f"model={model}", f"task={task}"])
-    if (cfg.task.family == "seq2seq") != (model in SEQ2SEQ_MODELS):
+    if (cfg.task.kind == "seq2seq") != (model in SEQ2SEQ_MODELS):
         with pytest.raises(ValueError, match=f"(task={task}|model={model})"):
             to_run_config(cfg)
         return

@@ -1,4 +1,4 @@
-"""End to end through run.py's code path: one tiny training run per task family, resume, sweep skip.
+"""End to end through run.py's code path: one tiny training run per task kind, resume, sweep skip.
 
 The models are real transformers models built from tiny random configs (hidden 32, 2 layers) saved to a
 temp dir with the real MiniLM tokenizer; the data are the offline builders or generated files.

@@ -9,6 +9,7 @@ import torch
 from lsg.assets import minilm_dir
 from tasks import table1
 from tasks.pretrain import PretrainConfig, _minilm_model, byte_bpe_tokenizer, pretrain
+from tasks.report import RECORD_KEYS
 
 TINY = PretrainConfig(length=32, hidden_size=32, layers=2, heads=2, intermediate_size=64, steps=3, batch_size=4,
                       warmup_steps=1)
@@ -51,12 +52,18 @@ def test_sweep_writes_records_resumes_and_reports(pretrained: Path, tmp_path: Pa
     records = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
     assert len(records) == 6 and {r["max_length"] for r in records} == {32, 64}
     for record in records:
-        assert record["metrics"]["bpc"] > 0 and 0 <= record["metrics"]["accuracy"] <= 1
-        assert record["masked_tokens"] > 0
+        assert record["metrics"]["bpc"] > 0 and 0 <= record["metrics"]["mlm_accuracy"] <= 1
+        assert record["metrics"]["masked_tokens"] > 0
+        assert tuple(record) == RECORD_KEYS and record["higher_is_better"] == {"bpc": False, "mlm_accuracy": True}
     metrics = tmp_path / "lsg_norm_8_2-L64" / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
     again = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
     assert metrics.stat().st_mtime_ns == stamp and again == records
+    old = tmp_path / "roberta_full-L32" / "metrics.json"  # a cell written before the shared record schema
+    old.write_text(json.dumps({"model": "RoBERTa (full)", "metrics": {"bpc": 1.0, "accuracy": 0.5}}))
+    rescored = table1.run(scale, tmp_path, checkpoint=str(pretrained), rows=chosen)
+    assert rescored[0]["metrics"] == records[0]["metrics"] and rescored[1:] == records[1:]  # only that cell reran
+    assert tuple(json.loads(old.read_text())) == RECORD_KEYS
     check = json.loads((tmp_path / table1.ORDER_CHECK).read_text())
     assert check["length"] == 32 and check["bpc"] > 0 and check["bpc_context_shuffled"] > 0
     table = table1.table_markdown(records, scale, check)

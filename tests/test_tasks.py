@@ -20,10 +20,32 @@ from tasks.data import (
     majority_topic,
     words,
 )
-from tasks.metrics import classification_scores, mlm_scores, rouge_scores, sentences_per_line, with_none_label
-from tasks.registry import load_family
+from tasks.metrics import (
+    METRICS,
+    classification_scores,
+    higher_is_better,
+    mlm_scores,
+    rouge_scores,
+    sentences_per_line,
+    with_none_label,
+)
+from tasks.registry import TaskKind, load_kind
 
 # --- metrics -----------------------------------------------------------------------------------------------------
+
+def test_every_score_is_registered_once_with_its_direction():
+    scored = {**classification_scores(np.eye(3), np.arange(3)),
+              **mlm_scores(np.ones((1, 2)), np.zeros((1, 2)), np.array([[0, -100]]))}
+    assert higher_is_better(scored) == {"accuracy": True, "micro_f1": True, "macro_f1": True, "bpc": False,
+                                        "mlm_accuracy": True}  # masked_tokens is a count, not a score
+    assert METRICS.get("bpc").unit == "bits per masked token"
+    assert METRICS.get("mlm_accuracy").unit.startswith("fraction") and METRICS.get("accuracy").unit == "%"
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(METRICS)
+    with pytest.raises(KeyError, match="Did you mean 'macro_f1'"):
+        METRICS.get("macro-f1")
+    with pytest.raises(ValueError, match="already registered"):
+        METRICS.register("bpc")(METRICS.get("accuracy"))
+
 
 def test_single_label_scores_by_hand():
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
@@ -180,8 +202,19 @@ def test_unreachable_hub_dataset_says_which_id_and_how_to_use_local_files():
     assert "'coastalcph/lex_glue'" in message and "task.data.path=" in message
 
 
-def test_unknown_builder_and_family_list_the_available_ones():
+def test_unknown_builder_and_kind_list_the_available_ones():
     with pytest.raises(KeyError, match=r"Did you mean 'bbc_topic'\?.*Available"):
         load_splits(DataConfig(builder="bbc_topc"))
     with pytest.raises(KeyError, match="Available"):
-        load_family("regression")
+        load_kind("regression")
+
+
+def test_kinds_share_the_defaults_and_seq2seq_evaluates_generated_text(tmp_path):
+    classification, seq2seq = load_kind("classification"), load_kind("seq2seq")
+    assert all(isinstance(load_kind(name), TaskKind) for name in ("classification", "mlm", "seq2seq"))
+    assert seq2seq.training_arguments(output_dir=str(tmp_path), use_cpu=True).predict_with_generate
+    assert not hasattr(classification.training_arguments(output_dir=str(tmp_path), use_cpu=True),
+                       "predict_with_generate")
+    assert load_kind("mlm").head_kwargs(None, None) == {} and classification.preprocess_logits() is None
+    with pytest.raises(TypeError, match="abstract"):
+        TaskKind()  # a kind must say how it encodes and scores

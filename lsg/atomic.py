@@ -1,0 +1,90 @@
+"""Atomic writes of files and directories: a reader never sees half a result, a crash never loses the old one.
+
+Everything is first written to a hidden staging path in the destination's own directory (same filesystem,
+so the final `os.replace` is a rename, not a copy), then swapped in:
+
+* `staged_file(path)` / `write_json(path, obj)`: one file; `os.replace` swaps it in atomically on POSIX
+  and Windows.
+* `staged_directory(path)`: a whole directory (a saved model, a checkpoint). A directory cannot be renamed
+  over a non-empty one, so the old one is first renamed aside, the new one renamed in, and only then the old
+  one deleted: a crash before the swap leaves the old directory untouched.
+
+A failure while writing (an exception, a Ctrl-C) removes the staging path and re-raises; nothing is left
+behind but the untouched old file or directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """A staging file to write; on a clean exit it replaces `path`, on an error it is deleted.
+
+    Args:
+        path: the destination file; its parent directory is created if needed.
+
+    Returns:
+        (yields) a new empty file beside `path` with the same suffix, so writers that pick their format
+        from the name (matplotlib's `savefig`) write the right one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        os.replace(staging, path)
+    except BaseException:  # KeyboardInterrupt too: a killed sweep must not leave staging files behind
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON (plus a final newline) to `path`, atomically.
+
+    Args:
+        path: the destination file; its parent directory is created if needed.
+        obj: anything `json.dumps` accepts; a value it refuses raises before `path` is touched.
+    """
+    text = json.dumps(obj, indent=2) + "\n"
+    with staged_file(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """A staging directory to fill; on a clean exit it replaces the directory `path`, on an error it is deleted.
+
+    Args:
+        path: the destination directory; it may exist (it is then replaced whole) or not.
+
+    Returns:
+        (yields) a new empty directory beside `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new.", dir=path.parent))
+    retired = path.parent / f".{path.name}.old.{staging.name.rsplit('.', 1)[-1]}"  # same random tag: no clash
+    try:
+        yield staging
+        if path.exists():
+            os.replace(path, retired)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if retired.exists():  # put the old directory back before the cleanup below deletes it
+                os.replace(retired, path)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only still there when writing or the swap failed
+        shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""The metrics.json schema, its one record builder, and the aggregator (tasks/report.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lsg.atomic import write_json
+from tasks.report import RECORD_KEYS, build_record, check_record, read_record, report
+
+
+def fields(**overrides) -> dict:
+    """The keys a run supplies itself (build_record derives the rest)."""
+    base = {"experiment": "demo", "task": "bbc_longdoc", "model": "lsg_norm", "attention": "lsg",
+            "checkpoint": "/models/minilm", "max_length": 4096, "seed": 0, "split": "test", "n_samples": 100,
+            "train_seconds": 10.0, "eval_seconds": 2.0, "wall_seconds": 13.0, "trainable_parameters": 5,
+            "parameters": 7, "run_dir": "runs/demo/lsg_norm-L4096-s0"}
+    return {**base, **overrides}
+
+
+def test_record_has_the_schema_the_directions_and_the_rates():
+    metrics = {"accuracy": 65.0, "macro_f1": 61.5, "loss": 0.9}
+    record = build_record(metrics=metrics, device="cpu", train_tokens=500.0, eval_tokens=300, **fields())
+    assert tuple(record) == RECORD_KEYS
+    assert record["metrics"] == metrics
+    assert record["higher_is_better"] == {"accuracy": True, "macro_f1": True}  # the loss has no declared direction
+    assert record["train_tokens_per_second"] == 50.0 and record["eval_tokens_per_second"] == 150.0
+    assert record["versions"]["processes"] == 1 and record["device"]
+
+
+def test_bpc_is_lower_is_better_and_counts_have_no_direction():
+    record = build_record(metrics={"bpc": 1.9, "mlm_accuracy": 0.7, "masked_tokens": 84}, device="cpu",
+                          train_tokens=0, eval_tokens=32, **fields(train_seconds=0.0))
+    assert record["higher_is_better"] == {"bpc": False, "mlm_accuracy": True}
+    assert record["train_tokens_per_second"] == 0.0  # nothing trained: no division by zero
+
+
+def test_missing_and_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"missing keys \['run_dir'\], unknown keys \['masked_tokens'\]"):
+        build_record(metrics={}, device="cpu", train_tokens=0, eval_tokens=0,
+                     **{k: v for k, v in fields(masked_tokens=3).items() if k != "run_dir"})
+
+
+def test_read_record_skips_missing_files_and_older_schemas(tmp_path: Path):
+    path = tmp_path / "cell" / "metrics.json"
+    assert read_record(path) is None
+    # A Table 1 cell as the sweep wrote it before it used build_record: its own keys, renamed metrics.
+    write_json(path, {"experiment": "table1_smoke", "task": "mlm", "metrics": {"bpc": 2.0, "accuracy": 0.7},
+                      "higher_is_better": {"bpc": False, "accuracy": True}, "masked_tokens": 84})
+    assert read_record(path) is None
+    record = build_record(metrics={"bpc": 2.0}, device="cpu", train_tokens=0, eval_tokens=1, **fields())
+    write_json(path, record)
+    assert read_record(path) == record == check_record(json.loads(path.read_text()))
+
+
+def test_report_averages_seeds_and_formats_by_unit(tmp_path: Path):
+    for seed, (accuracy, bpc) in enumerate([(60.0, 1.875), (70.0, 1.625)]):
+        for task, metrics in (("bbc_longdoc", {"accuracy": accuracy}), ("wiki_mlm", {"bpc": bpc, "loss": 1.0})):
+            record = build_record(metrics=metrics, device="cpu", train_tokens=100, eval_tokens=10,
+                                  **fields(task=task, seed=seed))
+            write_json(tmp_path / f"{task}-s{seed}" / "metrics.json", record)
+    table = report(tmp_path)
+    assert "| bbc_longdoc | lsg_norm | 4096 | 2 | minilm | 65.0 ± 7.1 |" in table  # percent: one decimal
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0].split(",")[:6] == ["task", "model", "max_length", "seeds", "checkpoint", "accuracy"]
+    mlm = report(tmp_path / "wiki_mlm-s0")
+    assert "| bpc |" in mlm and "| 1.875 |" in mlm and "loss" not in mlm  # bits: three decimals; no loss column
