@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lsg.validation import check_int
+
 
 def tile_positions(table: Tensor, max_length: int, offset: int) -> Tensor:
     """Extend a learned position table to `max_length` usable rows.
@@ -37,8 +39,7 @@ def global_positions(count: int, usable: int, stride: int) -> list[int]:
     groups gamma = ceil(m / stride); global g takes (stride * (g mod gamma) + phi * (g // gamma)) mod m.
     For BERT/RoBERTa (512 rows, stride 64): 0, 64, ..., 448, 1, 65, ...; for BART (1024): 0, 64, ..., 960, 2, ...
     """
-    if stride < 1:
-        raise ValueError(f"global_positional_stride={stride} must be >= 1")
+    check_int("global_positional_stride", stride, 1)
     phi = max(1, usable // 512)
     span = usable if usable < 512 else 512 * phi
     groups = -(-span // stride)

@@ -163,7 +163,7 @@ def test_unsupported_sources_are_refused_with_the_supported_list(converter):
 @pytest.mark.parametrize(("converter", "options", "message"), [
     (to_longformer, {"attention_window": 15}, "attention_window=15 must be an even integer"),
     (to_longformer, {"attention_window": 0}, "attention_window=0"),
-    (to_bigbird, {"block_size": 0}, "block_size=0 must be an integer >= 1"),
+    (to_bigbird, {"block_size": 0}, "block_size=0 is out of range: it must be >= 1"),
     (to_bigbird, {"num_random_blocks": -1}, "num_random_blocks=-1"),
 ])
 def test_bad_settings_raise(converter, options, message):

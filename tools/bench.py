@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -42,6 +40,7 @@ import torch
 import transformers
 from tqdm import tqdm
 
+from lsg.atomic import staged_file, write_json
 from lsg.memory import PeakMemory
 from lsg.variants import ATTENTION_VARIANTS
 from tools.bench_systems import LSG_NORM, REFERENCE, Shape, System, all_systems, build_system, lsg_pairs, make_inputs
@@ -299,14 +298,6 @@ def evaluate_goals(cells: list[dict[str, Any]], kernel: dict[str, Any] | None) -
     return goals
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same directory, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(handle.name, path)
-
-
 def plot(cells: list[dict[str, Any]], path: Path, title: str) -> None:
     """Time and memory vs length, log-log, one line per system; saved atomically as PNG."""
     import matplotlib
@@ -329,10 +320,9 @@ def plot(cells: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[1].legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=110)
+    with staged_file(path) as staging:
+        figure.savefig(staging, dpi=110)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def plan(args: argparse.Namespace, device: torch.device) -> list[tuple[int, list[System]]]:

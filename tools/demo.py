@@ -16,11 +16,9 @@ The same report goes to runs/demo/report.json. Takes about half a minute on 2 CP
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import tempfile
 import time
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 import lsg
 from lsg.assets import bbc_articles, minilm_dir
+from lsg.atomic import write_json
+from lsg.convert.flags import add_flags, from_flags
 from lsg.invariants import embedding_cosines, tokens_only_max_diff
 from lsg.memory import PeakMemory
 
@@ -80,20 +80,6 @@ def peak_memory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text
     return peaks
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Write `data` to `path` atomically: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable lines of the report (the JSON holds the same numbers, unrounded)."""
     model, settings, article = report["model"], report["settings"], report["article"]
@@ -126,7 +112,6 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = lsg.LSGSettings()
     p = argparse.ArgumentParser(
         prog="python -m tools.demo",
         description="Convert the real MiniLM checkpoint to LSG and run it on the longest BBC News article.",
@@ -136,11 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                    "MiniLM asset ($LSG_MINILM_DIR overrides it)")
     p.add_argument("--out", type=Path, default=Path("runs/demo/report.json"), help="JSON report path")
     p.add_argument("--max-length", type=int, default=4096)
-    p.add_argument("--block-size", type=int, default=defaults.block_size)
-    p.add_argument("--sparse-block-size", type=int, default=defaults.sparse_block_size)
-    p.add_argument("--sparsity-factor", type=int, default=defaults.sparsity_factor)
-    p.add_argument("--sparsity-type", default=defaults.sparsity_type, choices=lsg.SPARSITY_TYPES)
-    p.add_argument("--num-global-tokens", type=int, default=defaults.num_global_tokens)
+    add_flags(p, lsg.LSGSettings, "LSG settings")
     return p
 
 
@@ -156,10 +137,11 @@ def forward_section(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> d
 
 
 def invariant_section(original: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str,
-                      max_length: int, knobs: dict[str, Any]) -> dict[str, Any]:
+                      max_length: int, settings: lsg.LSGSettings) -> dict[str, Any]:
     """I3 on a prefix of `text`: it holds under the kernel's short rule only, so at most 2*block_size tokens."""
-    unpooled = lsg.convert(original, tokenizer, max_length=max_length, pool_with_global=False, **knobs).eval()
-    tokens = min(INVARIANT_TOKENS, 2 * knobs["block_size"])
+    unpooled = lsg.convert(original, tokenizer, replace(settings, pool_with_global=False),
+                           max_length=max_length).eval()
+    tokens = min(INVARIANT_TOKENS, 2 * settings.block_size)
     prefix = tokenizer(text, truncation=True, max_length=tokens, return_tensors="pt")
     return {"tokens": prefix["input_ids"].shape[1], "max_abs_diff": tokens_only_max_diff(original, unpooled, prefix)}
 
@@ -183,10 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = args.model or minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     original = AutoModel.from_pretrained(path).eval()
-    knobs = dict(block_size=args.block_size, sparse_block_size=args.sparse_block_size,
-                 sparsity_factor=args.sparsity_factor, sparsity_type=args.sparsity_type,
-                 num_global_tokens=args.num_global_tokens)
-    model = lsg.convert(original, tokenizer, max_length=args.max_length, **knobs).eval()
+    settings = from_flags(lsg.LSGSettings, args)
+    model = lsg.convert(original, tokenizer, settings, max_length=args.max_length).eval()
 
     articles = bbc_articles()
     article, tokens = longest_article(articles, tokenizer)
@@ -202,20 +182,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": {"path": str(path), "class": type(model).__name__, "layers": config.num_hidden_layers,
                   "hidden_size": config.hidden_size, "heads": config.num_attention_heads,
                   "parameters": sum(p.numel() for p in original.parameters())},
-        "settings": {"max_length": args.max_length, **knobs,
-                     "keys_per_query": lsg.LSGSettings(**knobs).keys_per_query()},
+        "settings": {"max_length": args.max_length, **settings.to_dict(),
+                     "keys_per_query": settings.keys_per_query()},
         "article": {"id": article["id"], "title": article["title"], "tokens": tokens,
                     "input_tokens": batch["input_ids"].shape[1]},
         "forward": forward_section(model, batch),
         "memory": {"peak_bytes": {str(n): peaks[n] for n in lengths},
                    "ratios": {f"{b}/{a}": peaks[b] / peaks[a] for a, b in pairwise(lengths)}},
-        "invariant": invariant_section(original, tokenizer, article["text"], args.max_length, knobs),
+        "invariant": invariant_section(original, tokenizer, article["text"], args.max_length, settings),
         "cosine": cosine_section(original, model, tokenizer, articles),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "lsg": lsg.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
     }
     report["seconds"] = time.perf_counter() - start
-    write_json(report, args.out)
+    write_json(args.out, report)
     print(format_report(report))
     print(f"report     {args.out}")
     return report

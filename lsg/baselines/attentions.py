@@ -34,6 +34,7 @@ from torch import Tensor
 
 from lsg.layout import local_windows
 from lsg.settings import LSGSettings
+from lsg.validation import check_int
 
 __all__ = [
     "LinformerAttention", "LocalAttention", "PerformerAttention", "efficient_attention", "full_attention",
@@ -150,8 +151,7 @@ class PerformerAttention:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_features, bool) or not isinstance(self.num_features, int) or self.num_features < 1:
-            raise ValueError(f"num_features={self.num_features!r} must be an integer >= 1")
+        check_int("num_features", self.num_features, 1)
 
     def features(self, dim: int, layer_index: int) -> Tensor:
         """The (num_features, dim) float64 projection W of layer `layer_index`."""
@@ -210,8 +210,7 @@ class LinformerAttention:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim < 1:
-            raise ValueError(f"projection_dim={self.projection_dim!r} must be an integer >= 1")
+        check_int("projection_dim", self.projection_dim, 1)
 
     def projections(self, length: int, layer_index: int) -> tuple[Tensor, Tensor]:
         """(E, F), each (projection_dim, length) float64, for layer `layer_index`."""
@@ -245,8 +244,7 @@ class LocalAttention:
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size={self.block_size!r} must be an integer >= 1")
+        check_int("block_size", self.block_size, 1)
 
     def __call__(
         self, query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,

@@ -22,6 +22,7 @@ import transformers
 from transformers import BigBirdConfig, PreTrainedModel
 
 from lsg.baselines import transfer
+from lsg.validation import check_int
 
 BIGBIRD_HEADS: tuple[str, ...] = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification")
 
@@ -53,9 +54,8 @@ def to_bigbird(model: PreTrainedModel, *, max_length: int = 4096, block_size: in
         `BigBirdModel`/`ForMaskedLM`/`ForSequenceClassification`/`ForTokenClassification`, same dtype,
         device and train/eval mode as `model`. Its pooler is new (random) when the source has none.
     """
-    for name, value, low in (("block_size", block_size, 1), ("num_random_blocks", num_random_blocks, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+    check_int("block_size", block_size, 1)
+    check_int("num_random_blocks", num_random_blocks, 0)
     family, suffix = transfer.check_source_model(model, BIGBIRD_HEADS, "to_bigbird", max_length)
     config = model.config
     target_config = BigBirdConfig(**transfer.config_dict(

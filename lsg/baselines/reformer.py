@@ -25,11 +25,7 @@ from torch import Tensor
 
 from lsg.baselines.attentions import layer_generator, padded_rows
 from lsg.settings import LSGSettings
-
-
-def _check_positive(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+from lsg.validation import check_int
 
 
 @functools.lru_cache(maxsize=128)
@@ -56,10 +52,10 @@ class ReformerAttention:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_positive("chunk_size", self.chunk_size, 1)
-        _check_positive("num_hashes", self.num_hashes, 1)
+        check_int("chunk_size", self.chunk_size, 1)
+        check_int("num_hashes", self.num_hashes, 1)
         if self.num_buckets is not None:
-            _check_positive("num_buckets", self.num_buckets, 2)
+            check_int("num_buckets", self.num_buckets, 2)
             if self.num_buckets % 2:
                 raise ValueError(f"num_buckets={self.num_buckets} must be even (buckets come from [xR ; -xR])")
 

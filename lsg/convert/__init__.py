@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lsg.atomic import staged_directory
 from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
@@ -270,18 +268,9 @@ def _print_architectures() -> None:
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """Write into a sibling directory, then swap it in: a crash never leaves a half-written or missing model."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
-    retired = out.parent / f".{out.name}.old.{staging.name.rsplit('.', 1)[-1]}"
-    try:
+    with staged_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out.exists():
-            os.replace(out, retired)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> Path | None:
