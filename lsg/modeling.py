@@ -25,6 +25,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 import lsg.variants  # noqa: F401  (registers "lsg", the default attn_implementation of the config classes below)
 from lsg.families import AUTO_CLASS_OF_SUFFIX, FAMILIES, Family, family_of
 from lsg.hf import install_lsg
+from lsg.hub import write_model_card
 from lsg.settings import LSG_MARKER, LSGSettings
 
 
@@ -63,6 +64,13 @@ def _lsg_model_class(family: Family, suffix: str, config_class: type[PretrainedC
         install_lsg(self)
         self.post_init()  # initialises the new global table on freshly built models
 
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        # Every save carries its card: the directory alone does not say that it needs `import lsg`.
+        result = source.save_pretrained(self, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self, save_directory)
+        return result
+
     name = f"LSG{source.__name__}"
     namespace = {
         "__module__": __name__,
@@ -70,6 +78,7 @@ def _lsg_model_class(family: Family, suffix: str, config_class: type[PretrainedC
         "__doc__": f"{source.__name__} with LSG attention (see `lsg.convert`).",
         "config_class": config_class,
         "__init__": __init__,
+        "save_pretrained": save_pretrained,
     }
     return type(name, (source,), namespace)
 

@@ -200,6 +200,7 @@ def test_unreachable_hub_dataset_says_which_id_and_how_to_use_local_files():
         load_splits(DataConfig(hub_id="coastalcph/lex_glue", config_name="ecthr_a"))
     message = str(error.value)
     assert "'coastalcph/lex_glue'" in message and "task.data.path=" in message
+    assert "HF_DATASETS_OFFLINE=1" in message  # the variable that blocked the download (conftest sets it)
 
 
 def test_unknown_builder_and_kind_list_the_available_ones():
