@@ -320,4 +320,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     return args.out
 
 
-__all__ = ["ConversionSettings", "convert", "main", "special_token_ids"]
+def cli() -> None:
+    """The `lsg-convert` console script: `main` without its return value (sys.exit would print it, exit code 1)."""
+    main()
+
+
+__all__ = ["ConversionSettings", "cli", "convert", "main", "special_token_ids"]
