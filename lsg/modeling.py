@@ -35,7 +35,7 @@ def _lsg_config_class(family: Family) -> type[PretrainedConfig]:
     defaults: dict[str, Any] = {f.name: f.default for f in fields(LSGSettings)}
     annotations["base_model_prefix"] = "str"
     defaults["base_model_prefix"] = LSG_MARKER
-    if family.is_encoder_decoder:  # keep the G global states in the encoder output (spec §3.6)
+    if family.is_encoder_decoder:  # keep the G global states in the encoder output (design §3.6)
         annotations["pass_global_tokens_to_decoder"] = "bool"
         defaults["pass_global_tokens_to_decoder"] = True
 
@@ -113,7 +113,7 @@ _LEGACY_BUFFERS = re.compile(r".*embeddings\.(position_ids|token_type_ids)$")
 
 
 def _is_authors_checkpoint(config: dict[str, Any]) -> bool:
-    """The authors' converter keeps the source model_type and marks the config (spec §1.1, §1.2)."""
+    """The authors' converter keeps the source model_type and marks the config (design §1.1, §1.2)."""
     architectures = config.get("architectures") or []
     return config.get("base_model_prefix") == LSG_MARKER or any("LSG" in name for name in architectures)
 
@@ -142,7 +142,7 @@ def load(path: str | Path, *, architecture: str | None = None, **kwargs: Any) ->
     """Load an LSG checkpoint: a directory or hub id saved by `lsg.convert` or by the authors' converter.
 
     Checkpoints of the authors' converter (source `model_type` + LSG fields + `auto_map`) load into this
-    library's classes without executing their remote code. Their weight names are the spec's layout
+    library's classes without executing their remote code. Their weight names are the layout of design §2.1
     (`<base>.embeddings.global_embeddings.weight`; `model.encoder.global_embeddings.weight` for
     encoder-decoders), which ours share; buffers older transformers saved (`position_ids`) are dropped. Any
     other weight this library does not know, one it needs that the checkpoint lacks, or one of another

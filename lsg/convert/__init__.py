@@ -1,4 +1,4 @@
-"""Convert a pretrained short-context checkpoint to LSG attention (spec §2), in Python or from the shell.
+"""Convert a pretrained short-context checkpoint to LSG attention (design §2), in Python or from the shell.
 
     import lsg
     long_model = lsg.convert(model, tokenizer, max_length=4096, sparsity_type="norm")
@@ -7,7 +7,7 @@
     python -m lsg.convert --model bert-base-uncased --out runs/lsg-bert-4096 --max-length 4096
 
 Conversion only does what an attention function cannot: it extends the learned position table by
-tiling (spec §2.2), adds the global-token table initialised from the original weights (§2.3), and
+tiling (design §2.2), adds the global-token table initialised from the original weights (§2.3), and
 writes the LSG fields into a config of the family's `lsg_<type>` model type, so `save_pretrained`
 round-trips. Every source weight is copied unchanged; the result has the same head class.
 
@@ -42,14 +42,14 @@ _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "
 
 @dataclass(frozen=True)
 class ConversionSettings:
-    """Conversion choices that are not LSG attention parameters: how the new rows start (spec §2.3).
+    """Conversion choices that are not LSG attention parameters: how the new rows start (design §2.3).
 
     Args:
         random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
         global_positional_stride: stride used to pick the position row of each global token.
         use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
         pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
-            cross-attention sees them (spec §3.6); ignored by encoder-only families.
+            cross-attention sees them (design §3.6); ignored by encoder-only families.
         seed: seeds every random draw of the conversion (random_global_init; the CLI's new heads).
     """
 
