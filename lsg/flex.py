@@ -5,7 +5,7 @@ every key, take one SDPA call)
 
     [ tokens (T') | sparse tokens S (T'/f, produced by the selector first) | globals (G) ]
 
-through `torch.nn.attention.flex_attention`, with LSG's layout (spec §3.2) written as a `mask_mod` on
+through `torch.nn.attention.flex_attention`, with LSG's layout (design §3.2) written as a `mask_mod` on
 indices. The block mask is built directly from the layout at tile level (`lsg_block_mask`), so nothing of
 size T x T ever exists, not even while the mask is built (`create_block_mask` would evaluate the mask_mod
 on the full grid). Every tile is marked partial, so the mask_mod, which also reads the padding and the
@@ -13,28 +13,72 @@ sparse validity per batch row and head, is applied everywhere.
 
 flex_attention has no dropout, and no backward pass on CPU (torch 2.13): "lsg" uses this kernel on CUDA
 without dropout, and `lsg_fast` otherwise. The compiled forward runs on CPU too and is tested there.
+
+Compilation is for static shapes, so every distinct padded length T' would be a new compile, and past
+torch's recompile limit flex would silently run eagerly with the full T x T score matrix. Dynamic shapes are
+no way out: in torch 2.13 they fail to compile or give wrong outputs for flex on CPU. So T' is padded further,
+to a bucket (`flex_length`: two per octave), which is exact because trailing padding changes no valid
+output; and the compiled function raises past its own limit, where this kernel falls back to `lsg_fast`
+(memory-linear) with a warning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch._dynamo.exc import FailOnRecompileLimitHit
 from torch.nn.attention.flex_attention import BlockMask, flex_attention, or_masks
 
 from lsg.attention import KeyLayout, attend, block_variant
+from lsg.fast import fast_attention
 from lsg.layout import local_window, sees_local, sees_sparse, sparse_margin, sparse_windows
 from lsg.settings import LSGSettings
 
 TILE = 128  # flex_attention's default block size (query and key tiles)
 
 
+# Compiled variants kept per process: buckets, plus the batch size, dtype and head count of each model in use.
+FLEX_COMPILE_LIMIT = 32
+
+
 @functools.cache
 def compiled_flex_attention() -> Callable[..., Tensor]:
-    """flex_attention compiled once per process (uncompiled it materialises the full score matrix)."""
-    return torch.compile(flex_attention, dynamic=False)
+    """flex_attention compiled once per process (uncompiled it materialises the full score matrix).
+
+    fullgraph with its own limit: past FLEX_COMPILE_LIMIT shapes it raises instead of running eagerly.
+    """
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True, recompile_limit=FLEX_COMPILE_LIMIT,
+                         isolate_recompiles=True)
+
+
+def flex_length(tokens: int, block_size: int) -> int:
+    """The compile bucket of a padded length: the smallest unit * m >= tokens, m in 1, 2, 3, 4, 6, 8, 12, ...
+
+    unit = lcm(block_size, TILE), so a bucket is whole blocks and whole tiles; at most 1.5x the padded length.
+    """
+    unit = math.lcm(block_size, TILE)
+    units = -(-tokens // unit)
+    octave = 1 << max(units - 1, 0).bit_length()  # the power of two >= units
+    return unit * (octave * 3 // 4 if units <= octave * 3 // 4 and octave >= 4 else octave)
+
+
+def _pad_length(x: Tensor, length: int, dim: int, value: float | bool = 0) -> Tensor:
+    shape = list(x.shape)
+    shape[dim] = length - x.shape[dim]
+    return torch.cat([x, x.new_full(shape, value)], dim=dim) if shape[dim] else x
+
+
+@functools.cache
+def _warn_recompile_limit() -> None:
+    warnings.warn(f"lsg_flex: more than FLEX_COMPILE_LIMIT={FLEX_COMPILE_LIMIT} input shapes in this process; "
+                  "the new ones run the lsg_fast kernel (exact, memory-linear, slower on GPU). Pad inputs to few "
+                  "lengths (e.g. padding='max_length') to stay compiled", stacklevel=3)
 
 
 def _key_ranges(settings: LSGSettings, first: Tensor, last: Tensor, tokens: int, sparse: int
@@ -101,11 +145,26 @@ def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: Key
     """Kernel of "lsg_flex": query (B, H, G+T', D) -> (B, H, G+T', D); the token queries in one flex_attention
     call, the G global queries (dense over every key) in one SDPA call.
 
-    `compiled=False` runs flex_attention eagerly (dense scores: small inputs and tests only).
+    `compiled=False` runs flex_attention eagerly (dense scores: small inputs and tests only). Compiled, the
+    inputs are padded to their `flex_length` bucket and the output cut back.
     """
     if dropout:
         raise ValueError("lsg_flex has no attention dropout (flex_attention has none); use attn_implementation "
                          "'lsg' (it switches to 'lsg_fast' when dropout is active) or set the dropout to 0")
+    if not compiled:
+        return _flex_kernel(query, key, value, layout, flex_attention)
+    G, padded = layout.settings.num_global_tokens, query.shape[2]
+    target = G + flex_length(padded - G, layout.settings.block_size)
+    bucketed = dataclasses.replace(layout, valid=_pad_length(layout.valid, target - G, dim=1, value=False))
+    inputs = [_pad_length(x, target, dim=2) for x in (query, key, value)]
+    try:
+        return _flex_kernel(*inputs, bucketed, compiled_flex_attention())[:, :, :padded]
+    except FailOnRecompileLimitHit:
+        _warn_recompile_limit()
+        return fast_attention(query, key, value, layout, dropout)
+
+
+def _flex_kernel(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, attention: Callable) -> Tensor:
     keys, settings, scaling = layout.block_keys(query, key, value), layout.settings, layout.scaling
     G, B, H = settings.num_global_tokens, query.shape[0], query.shape[1]
     tokens = query.shape[2] - G
@@ -122,7 +181,6 @@ def flex_attention_kernel(query: Tensor, key: Tensor, value: Tensor, layout: Key
     mask_mod = lsg_mask_mod(settings, keys.all_valid[:, G:], sparse_valid)
     sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
     block_mask = lsg_block_mask(settings, tokens, sparse, mask_mod, query.device)
-    attention = compiled_flex_attention() if compiled else flex_attention
     out_tokens = attention(query[:, :, G:].contiguous(), torch.cat(parts_k, 2), torch.cat(parts_v, 2),
                            block_mask=block_mask, scale=scaling)
     return torch.cat([out_global, out_tokens], dim=2)

@@ -1,4 +1,4 @@
-"""The only module that touches transformers internals (integration notes: shared docs, §1-§3).
+"""The only module that touches transformers internals (docs/design.md §3.8).
 
 * Every attention variant of `lsg.variants.ATTENTION_VARIANTS` is registered by name in
   `AttentionInterface` (`register_with_transformers`), together with a mask function in
@@ -59,7 +59,7 @@ def _dense_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
     if attention_mask is not None and attention_mask.dim() == 2:
         if getattr(module, "lsg_cross_attention", False) and module.config.mask_first_token:
             # The authors' encoder zeroes the first source token in the caller's mask, which hides it from
-            # cross-attention too (spec §3.6); reproduced explicitly, on a copy (D11).
+            # cross-attention too (design §3.6); reproduced explicitly, on a copy (D11).
             attention_mask = attention_mask.bool().clone()
             attention_mask[:, 0] = False
         attention_mask = _left_pad_mask(attention_mask, key.shape[-2])[:, None, None, :]
@@ -163,7 +163,7 @@ def _prepend_before(config: PretrainedConfig, family: Family, base: nn.Module, m
 
 def _drop_global_tokens(config: PretrainedConfig, encoder: nn.Module, args: tuple, kwargs: dict,
                         output: Any) -> Any:
-    """Forward hook on the encoder: pool global 0 into the first token (spec §3.5), then keep T rows."""
+    """Forward hook on the encoder: pool global 0 into the first token (design §3.5), then keep T rows."""
     G = config.num_global_tokens
     hidden = output[0]
     if config.pool_with_global:  # a copy, never in place: hidden is also the last entry of hidden_states
@@ -213,7 +213,7 @@ def install_lsg(model: PreTrainedModel) -> None:
     Adds the 512-row global table (the authors' weight name: `<base>.embeddings.global_embeddings`, or
     `<base>.encoder.global_embeddings` for encoder-decoders), the hooks that prepend the G global rows and
     remove them from encoder-only outputs, and stamps `lsg_layer_index` on every self-attention module LSG
-    owns. Decoder self- and cross-attention are left to transformers' SDPA (spec §3.6).
+    owns. Decoder self- and cross-attention are left to transformers' SDPA (design §3.6).
     """
     config = model.config
     family = family_of(config)

@@ -1,4 +1,4 @@
-"""Checks that a converted model still computes what the original did (spec §6, invariants I3 and I3').
+"""Checks that a converted model still computes what the original did (design §6, invariants I3 and I3').
 
 I3: at T <= 2*bs, with the global keys hidden and `pool_with_global=False`, the LSG model's real-token
 outputs equal the original model's. Hiding the global keys needs an attention variant of its own,

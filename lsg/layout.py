@@ -1,4 +1,4 @@
-"""The LSG layout (spec §3.1-3.2): which keys each query sees, as window bounds and small mask predicates.
+"""The LSG layout (design §3.1-3.2): which keys each query sees, as window bounds and small mask predicates.
 
 For T real tokens after G global tokens, with bs = block_size, sbs = sparse_block_size and r = bs/f:
 
@@ -42,10 +42,10 @@ def uses_short_rule(length: int, settings: LSGSettings) -> bool:
 
 
 def padded_length(length: int, settings: LSGSettings) -> int:
-    """T' for T real tokens: unchanged under the short rule, else the next block multiple (spec §3.1).
+    """T' for T real tokens: unchanged under the short rule, else the next block multiple (design §3.1).
 
     Raises:
-        ValueError: padding is needed but `adaptive=False` (spec D15).
+        ValueError: padding is needed but `adaptive=False` (design D15).
     """
     bs = settings.block_size
     if uses_short_rule(length, settings) or length % bs == 0:

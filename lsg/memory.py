@@ -1,4 +1,4 @@
-"""Deterministic peak activation memory of a block of torch code, on any device (used for spec §4's claim).
+"""Deterministic peak activation memory of a block of torch code, on any device (used for design §4's claim).
 
 `PeakMemory` watches every torch op run inside the block through a `TorchDispatchMode`. It counts the
 storages of the tensors those ops return, as long as some tensor still refers to them, and keeps the

@@ -25,6 +25,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 import lsg.variants  # noqa: F401  (registers "lsg", the default attn_implementation of the config classes below)
 from lsg.families import AUTO_CLASS_OF_SUFFIX, FAMILIES, Family, family_of
 from lsg.hf import install_lsg
+from lsg.hub import write_model_card
 from lsg.settings import LSG_MARKER, LSGSettings
 
 
@@ -34,7 +35,7 @@ def _lsg_config_class(family: Family) -> type[PretrainedConfig]:
     defaults: dict[str, Any] = {f.name: f.default for f in fields(LSGSettings)}
     annotations["base_model_prefix"] = "str"
     defaults["base_model_prefix"] = LSG_MARKER
-    if family.is_encoder_decoder:  # keep the G global states in the encoder output (spec §3.6)
+    if family.is_encoder_decoder:  # keep the G global states in the encoder output (design §3.6)
         annotations["pass_global_tokens_to_decoder"] = "bool"
         defaults["pass_global_tokens_to_decoder"] = True
 
@@ -63,6 +64,13 @@ def _lsg_model_class(family: Family, suffix: str, config_class: type[PretrainedC
         install_lsg(self)
         self.post_init()  # initialises the new global table on freshly built models
 
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        # Every save carries its card: the directory alone does not say that it needs `import lsg`.
+        result = source.save_pretrained(self, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self, save_directory)
+        return result
+
     name = f"LSG{source.__name__}"
     namespace = {
         "__module__": __name__,
@@ -70,6 +78,7 @@ def _lsg_model_class(family: Family, suffix: str, config_class: type[PretrainedC
         "__doc__": f"{source.__name__} with LSG attention (see `lsg.convert`).",
         "config_class": config_class,
         "__init__": __init__,
+        "save_pretrained": save_pretrained,
     }
     return type(name, (source,), namespace)
 
@@ -104,7 +113,7 @@ _LEGACY_BUFFERS = re.compile(r".*embeddings\.(position_ids|token_type_ids)$")
 
 
 def _is_authors_checkpoint(config: dict[str, Any]) -> bool:
-    """The authors' converter keeps the source model_type and marks the config (spec §1.1, §1.2)."""
+    """The authors' converter keeps the source model_type and marks the config (design §1.1, §1.2)."""
     architectures = config.get("architectures") or []
     return config.get("base_model_prefix") == LSG_MARKER or any("LSG" in name for name in architectures)
 
@@ -133,7 +142,7 @@ def load(path: str | Path, *, architecture: str | None = None, **kwargs: Any) ->
     """Load an LSG checkpoint: a directory or hub id saved by `lsg.convert` or by the authors' converter.
 
     Checkpoints of the authors' converter (source `model_type` + LSG fields + `auto_map`) load into this
-    library's classes without executing their remote code. Their weight names are the spec's layout
+    library's classes without executing their remote code. Their weight names are the layout of design §2.1
     (`<base>.embeddings.global_embeddings.weight`; `model.encoder.global_embeddings.weight` for
     encoder-decoders), which ours share; buffers older transformers saved (`position_ids`) are dropped. Any
     other weight this library does not know, one it needs that the checkpoint lacks, or one of another

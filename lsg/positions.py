@@ -1,4 +1,4 @@
-"""Position-table extension and global-token initialisation (spec §2.2, §2.3).
+"""Position-table extension and global-token initialisation (design §2.2, §2.3).
 
 `tile_positions` implements the corrected tiling rule (defect D1): the usable rows are repeated
 ceil(L/n) times and cut to L, after the `offset` special rows, so the table always has L + offset rows.
@@ -62,7 +62,7 @@ def initial_global_table(
     *, positions: Tensor | None, words: Tensor, rows: int, first_token_id: int, mask_token_id: int, stride: int,
     token_type_row: Tensor | None = None, random_init: bool = False, seed: int = 123,
 ) -> Tensor:
-    """Global-embedding table (rows, d) as the authors' converter builds it (spec §2.3).
+    """Global-embedding table (rows, d) as the authors' converter builds it (design §2.3).
 
     Row g = P[pos(g)] + W[first_token_id if g == 0 else mask_token_id] (+ token_type_row), where P are
     the usable original position rows (no position term when `positions` is None: rotary models). With

@@ -1,4 +1,4 @@
-"""Dense reference of LSG attention (spec §3.3), written from the definitions, slow and obviously right.
+"""Dense reference of LSG attention (design §3.3), written from the definitions, slow and obviously right.
 
 It shares no code with the fast kernel except the seeded LSH projections (random numbers have to be
 the same to compare) and the validated settings. Sparse tokens are built with explicit loops over
@@ -21,7 +21,7 @@ def reference_sparse_tokens(
     keys: Tensor, values: Tensor, valid: Tensor, first_query: Tensor, settings: LSGSettings, *,
     scaling: float, layer_index: int = 0, training: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sparse sequence S of one layer from the spec's definitions.
+    """Sparse sequence S of one layer from the definitions (design §3.4).
 
     keys/values (B, H, T', D), valid (B, T') bool, first_query (B, H, D).
     Returns S keys, S values (B, H, T'/f, D) and validity (B, H, T'/f).

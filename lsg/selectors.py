@@ -1,4 +1,4 @@
-"""Sparse selectors (spec §3.4): summarise the non-global keys/values into T'/f sparse tokens.
+"""Sparse selectors (design §3.4): summarise the non-global keys/values into T'/f sparse tokens.
 
 Each selector receives the padded token keys/values (B, H, T', D) with T' a multiple of block_size,
 and returns `SparseTokens` of length S = T'/f whose entries [b*r, (b+1)*r) summarise token block b
@@ -6,7 +6,7 @@ and returns `SparseTokens` of length S = T'/f whose entries [b*r, (b+1)*r) summa
 tensor broadcastable to (B, H, S): a sparse token is valid iff it holds at least one valid token.
 
 Numerics: everything stays in the activation dtype except reductions that could overflow in half
-precision (norms, pooling scores), which run in float32 and are cast back (spec D5). Counts are
+precision (norms, pooling scores), which run in float32 and are cast back (design D5). Counts are
 divided with `clamp_min(1)` rather than `+ eps` so an empty group gives 0, not NaN, in float16.
 """
 
@@ -51,7 +51,7 @@ SPARSE_SELECTORS: Registry[Selector] = Registry("sparsity_type")
 
 
 def select_sparse_tokens(inputs: SelectorInputs) -> SparseTokens:
-    """Run the selector named by `settings.sparsity_type`; f == 1 keeps every token (spec §3.4)."""
+    """Run the selector named by `settings.sparsity_type`; f == 1 keeps every token (design §3.4)."""
     if inputs.settings.sparsity_factor == 1:
         return SparseTokens(inputs.keys, inputs.values, inputs.valid[:, None])
     sparse = SPARSE_SELECTORS.get(inputs.settings.sparsity_type)(inputs)

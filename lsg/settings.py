@@ -1,8 +1,8 @@
-"""The LSG hyper-parameters (spec §1.1), validated once.
+"""The LSG hyper-parameters (design §1.1), validated once.
 
 `LSGSettings` is what the attention kernel reads. Every field keeps the name the authors' converter
 uses, so configs written for it carry over. Bad values raise `ValueError` at construction, naming the
-parameter, its value and what is accepted: nothing is clamped or rewritten (spec D16).
+parameter, its value and what is accepted: nothing is clamped or rewritten (design D16).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from lsg.validation import check_choice, check_int
 
 SPARSITY_TYPES: tuple[str, ...] = ("none", "stride", "block_stride", "pooling", "norm", "lsh", "bos_pooling")
-MAX_GLOBAL_TOKENS = 512  # rows of the global-embedding table (spec §2.3)
+MAX_GLOBAL_TOKENS = 512  # rows of the global-embedding table (design §2.3)
 LSG_MARKER = "lsg"  # config `base_model_prefix` the authors' converter stores to mark LSG checkpoints
 
 
@@ -31,7 +31,7 @@ def _divisors(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class LSGSettings:
-    """LSG attention parameters (spec §1.1).
+    """LSG attention parameters (design §1.1).
 
     Args:
         block_size: bs, local block length; queries are processed per block and see blocks j-1, j, j+1.
@@ -90,7 +90,7 @@ class LSGSettings:
 
     @property
     def sparse_enabled(self) -> bool:
-        """Whether sparse keys exist at all (spec §1.3: three spellings of local-only)."""
+        """Whether sparse keys exist at all (design §1.3: three spellings of local-only)."""
         return self.sparsity_type != "none" and self.sparse_block_size > 0 and self.sparsity_factor > 0
 
     @property
@@ -100,11 +100,11 @@ class LSGSettings:
 
     @property
     def selection_chunk(self) -> int:
-        """B' = min(bs, sbs): the chunk `norm` and `lsh` select/cluster within (spec §3.4)."""
+        """B' = min(bs, sbs): the chunk `norm` and `lsh` select/cluster within (design §3.4)."""
         return min(self.block_size, self.sparse_block_size)
 
     def keys_per_query(self) -> int:
-        """Keys a real-token query sees when T > 2*bs (spec §4, invariant I7)."""
+        """Keys a real-token query sees when T > 2*bs (design §4, invariant I7)."""
         sparse = 2 * self.sparse_block_size if self.sparse_enabled else 0
         return self.num_global_tokens + sparse + 3 * self.block_size
 

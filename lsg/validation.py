@@ -1,7 +1,7 @@
 """Checks for user-given values, shared by the library settings, the converter and the Hydra schema.
 
 Each check raises `ValueError` naming the parameter, the value it got and what is accepted, and never
-rewrites the value (spec D16). `name` is whatever the user typed: a keyword (`block_size`), a Hydra key
+rewrites the value (design D16). `name` is whatever the user typed: a keyword (`block_size`), a Hydra key
 (`model.max_length`) or a flag, so the message points at the place to fix.
 """
 

@@ -1,11 +1,14 @@
 """Check and time the GPU path of LSG attention in one go: `python scripts/gpu_check.py` on a CUDA machine.
 
 1. Correctness of "lsg_flex" (compiled flex_attention, what "lsg" runs on CUDA) against the plain blocked
-   kernel "lsg_blocked", for every selector, with padding: forward in fp32 and bf16, backward in fp32.
-2. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
+   kernel "lsg_blocked", for every selector, with padding, at several lengths (distinct compile buckets):
+   forward in fp32 and bf16, backward in fp32.
+2. Gradient checkpointing on a tiny converted model under "lsg" (so lsg_flex) in fp32 and bf16 autocast:
+   the checkpointed loss and gradients must equal the plain ones.
+3. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
    HF BigBird and LSG, at the lengths given (default 4096 16384 65536); it writes runs/bench/<gpu>-<date>.json.
 
-Without CUDA it exits with status 2 and says so. The README's GPU targets stay unverified until someone
+Without CUDA it exits with status 2 and says so. The GPU targets (docs/performance.md) stay unverified until someone
 runs this script and reports its output.
 """
 
@@ -26,16 +29,19 @@ import torch  # noqa: E402
 from lsg.settings import SPARSITY_TYPES, LSGSettings  # noqa: E402
 from lsg.variants import ATTENTION_VARIANTS  # noqa: E402
 
+CHECK_LENGTHS = (700, 3000, 5000)  # buckets 768, 3072, 6144: three compiles
 
-def check_variant(sparsity_type: str, dtype: torch.dtype, device: torch.device) -> tuple[float, float | None]:
+
+def check_variant(sparsity_type: str, dtype: torch.dtype, device: torch.device, tokens: int
+                  ) -> tuple[float, float | None]:
     """Max |lsg_flex - lsg_blocked| of the outputs, and of the input gradients in fp32 (None in bf16)."""
     settings = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type=sparsity_type,
                            num_global_tokens=2)
-    tokens, heads, dim = 3000, 12, 64
+    heads, dim = 12, 64
     inputs = [torch.randn(2, heads, 2 + tokens, dim, device=device, dtype=dtype, requires_grad=True)
               for _ in range(3)]
     valid = torch.ones(2, tokens, dtype=torch.bool, device=device)
-    valid[1, 2500:] = False
+    valid[1, tokens - tokens // 6:] = False
     outputs, grads = {}, {}
     for name in ("lsg_flex", "lsg_blocked"):
         out = ATTENTION_VARIANTS.get(name)(*inputs, valid, settings, scaling=dim**-0.5)
@@ -47,6 +53,30 @@ def check_variant(sparsity_type: str, dtype: torch.dtype, device: torch.device) 
         return output_error, None
     grad_error = max((a - b).abs().max().item() for a, b in zip(grads["lsg_flex"], grads["lsg_blocked"], strict=True))
     return output_error, grad_error
+
+
+def check_checkpointing(device: torch.device, dtype: torch.dtype) -> float:
+    """Max |grad with - grad without| activation checkpointing of a tiny converted RoBERTa (attn "lsg")."""
+    import transformers
+
+    import lsg
+
+    config = transformers.RobertaConfig(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, max_position_embeddings=514, pad_token_id=1,
+                                        bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)
+    model = lsg.convert(transformers.RobertaForSequenceClassification(config), max_length=4096, block_size=128,
+                        bos_token_id=0, mask_token_id=4).to(device).train()
+    ids = torch.randint(5, 99, (2, 3000), device=device)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            model(input_ids=ids).logits.float().pow(2).mean().backward()
+        grads.append([p.grad.float() for p in model.parameters() if p.grad is not None])
+    return max((a - b).abs().max().item() for a, b in zip(*grads, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,16 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     failures = 0
-    for sparsity_type in SPARSITY_TYPES:
-        for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
-            output_error, grad_error = check_variant(sparsity_type, dtype, device)
-            # norm/lsh make discrete choices that bf16 rounding can flip (README, half precision): report only
-            strict = dtype == torch.float32 or sparsity_type not in ("norm", "lsh")
-            ok = not strict or (output_error <= tolerance and (grad_error is None or grad_error <= 1e-3))
-            failures += not ok
-            grad_text = "" if grad_error is None else f", grads {grad_error:.2e}"
-            print(f"{'ok  ' if ok else 'FAIL'} {sparsity_type:12s} {str(dtype):15s} outputs {output_error:.2e}"
-                  f"{grad_text}")
+    for tokens in CHECK_LENGTHS:
+        for sparsity_type in SPARSITY_TYPES:
+            for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+                output_error, grad_error = check_variant(sparsity_type, dtype, device, tokens)
+                # norm/lsh make discrete choices that bf16 rounding can flip (docs/performance.md): report only
+                strict = dtype == torch.float32 or sparsity_type not in ("norm", "lsh")
+                ok = not strict or (output_error <= tolerance and (grad_error is None or grad_error <= 1e-3))
+                failures += not ok
+                grad_text = "" if grad_error is None else f", grads {grad_error:.2e}"
+                print(f"{'ok  ' if ok else 'FAIL'} T={tokens:<5d} {sparsity_type:12s} {str(dtype):15s} "
+                      f"outputs {output_error:.2e}{grad_text}")
+    for dtype in (torch.float32, torch.bfloat16):
+        error = check_checkpointing(device, dtype)
+        ok = error <= 1e-6
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} activation checkpointing {str(dtype):15s} grads {error:.2e}")
     if not args.no_timing:
         from tools.bench import main as bench
 

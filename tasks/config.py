@@ -32,6 +32,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 TUNE_MODES = ("all", "global_tokens")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
+# What `offline=true` sets: huggingface_hub, datasets and transformers each read their own variable at import time.
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 Settings = TypeVar("Settings")
@@ -259,6 +261,7 @@ class RunConfig:
     group: str = MISSING  # runs/<group>/: the experiment name, else the task name
     run_name: str = MISSING
     run_dir: str = MISSING
+    offline: bool = False  # true: never contact the hub (sets OFFLINE_VARIABLES before anything loads)
 
     def __post_init__(self) -> None:
         if MISSING in (self.task.name, self.model.name, self.trainer.name):  # schema defaults

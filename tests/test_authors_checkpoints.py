@@ -1,6 +1,6 @@
 """Checkpoints saved by the authors' converter load into this library without running their remote code.
 
-The directories are built here in the authors' layout (spec §1.1, §2.1): the source `model_type`, the LSG
+The directories are built here in the authors' layout (design §1.1, §2.1): the source `model_type`, the LSG
 fields plus `base_model_prefix: "lsg"`, an `auto_map` to remote modeling files, `LSG...` architecture names,
 the same weight names as ours, and the `position_ids` buffer older transformers versions saved.
 """

@@ -1,4 +1,4 @@
-"""`python -m lsg.convert` round trips on tiny random checkpoints saved locally (spec §1.2, §2.1).
+"""`python -m lsg.convert` round trips on tiny random checkpoints saved locally (design §1.2, §2.1).
 
 The sources are built in code (BERT with a hand-written WordPiece vocabulary, RoBERTa with a byte-level
 BPE trained on one sentence), saved with their tokenizer, converted by `lsg.convert.main` in-process,
@@ -256,7 +256,7 @@ def test_flags_are_generated_from_the_settings_fields() -> None:
 def test_docstring_entries_give_the_help_and_a_missing_one_is_refused() -> None:
     assert field_docs(LSGSettings)["sparse_block_size"].startswith("sbs, sparse keys taken on EACH side")
     assert field_docs(ConversionSettings)["pass_global_tokens_to_decoder"].endswith(
-        "where cross-attention sees them (spec §3.6); ignored by encoder-only families.")  # continuation joined
+        "where cross-attention sees them (design §3.6); ignored by encoder-only families.")  # continuation joined
 
     @dataclass
     class Undocumented:

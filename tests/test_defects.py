@@ -1,4 +1,4 @@
-"""One regression test per defect of the authors' reference implementation (spec §5, D1-D17).
+"""One regression test per defect of the authors' reference implementation (design §5, D1-D17).
 
 D6 (causal LSG) is checked as a clear error until causal models are built. D12 (seq2seq encoders return a
 tuple when `return_dict` is not passed) is covered in test_seq2seq.py, and D13 (global rows ignore the

@@ -9,12 +9,15 @@ import pytest
 import torch
 import transformers
 from conftest import tiny_config_kwargs
+from torch._dynamo.testing import CompileCounter
+from torch.nn.attention.flex_attention import flex_attention
 from transformers import RobertaConfig
 
 import lsg
 import lsg.fast as fast
+import lsg.flex
 from lsg.attention import KeyLayout, lsg_blocked_attention, lsg_layer
-from lsg.flex import flex_attention_kernel, lsg_block_mask, lsg_mask_mod
+from lsg.flex import flex_attention_kernel, flex_length, lsg_block_mask, lsg_mask_mod
 from lsg.memory import PeakMemory
 from lsg.reference import reference_lsg_attention
 from lsg.settings import SPARSITY_TYPES, LSGSettings
@@ -286,6 +289,63 @@ def test_flex_refuses_dropout():
         ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.3, dropout=0.1, training=True)
 
 
+def test_flex_buckets_are_two_per_octave_of_whole_tiles_and_blocks():
+    assert [flex_length(t, 128) for t in (1, 128, 129, 300, 385, 513, 700, 800, 1500, 1600, 5000)] == \
+        [128, 128, 256, 384, 512, 768, 768, 1024, 1536, 2048, 6144]
+    assert flex_length(300, 48) == 384 and flex_length(385, 48) == 768  # unit = lcm(48, 128) = 384
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_bucket_padding_changes_no_output(sparsity_type, monkeypatch):
+    """The compiled path pads T' up to its bucket; run it eagerly (no compile) against the plain kernel."""
+    monkeypatch.setattr(lsg.flex, "compiled_flex_attention", lambda: flex_attention)
+    settings = settings_for(sparsity_type, globals_=2)
+    q, k, v, valid = random_inputs(150, 2, pad=13)  # T' = 160 -> bucket 256
+    torch.testing.assert_close(ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.3),
+                               lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3), atol=1e-5, rtol=0)
+
+
+@pytest.fixture
+def counted_flex(monkeypatch):
+    """compiled_flex_attention counting dynamo frames (no inductor, no C++ build), isolated from other compiles."""
+    def install(**options):
+        counter = CompileCounter()
+        compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True, backend=counter,
+                                 isolate_recompiles=True, **options)
+        monkeypatch.setattr(lsg.flex, "compiled_flex_attention", lambda: compiled)
+        return counter
+
+    torch._dynamo.reset()
+    yield install
+    torch._dynamo.reset()
+
+
+def _flex_matches_plain(tokens: int, settings: LSGSettings) -> None:
+    q, k, v, valid = random_inputs(tokens, 2, batch=1, heads=2, pad=5)
+    torch.testing.assert_close(ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.3),
+                               lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3), atol=1e-5, rtol=0)
+
+
+def test_flex_compiles_once_per_bucket(counted_flex):
+    counter = counted_flex()
+    settings = settings_for("norm", globals_=2, block_size=128)
+    for tokens in (300, 330, 383):  # padded to 384, 384, 384: one bucket
+        _flex_matches_plain(tokens, settings)
+    assert counter.frame_count == 1
+    for tokens in (450, 700):  # buckets 512 and 768
+        _flex_matches_plain(tokens, settings)
+    assert counter.frame_count == 3
+
+
+def test_past_the_compile_limit_flex_falls_back_to_the_fast_kernel(counted_flex):
+    counted_flex(recompile_limit=1)
+    lsg.flex._warn_recompile_limit.cache_clear()
+    settings = settings_for("norm", globals_=2, block_size=128)
+    _flex_matches_plain(300, settings)
+    with pytest.warns(UserWarning, match="FLEX_COMPILE_LIMIT"):
+        _flex_matches_plain(450, settings)  # a second bucket: over the limit, exact through lsg_fast
+
+
 # --- whole models ----------------------------------------------------------------------------------------------
 
 def tiny_lsg_roberta(sparsity_type: str):
@@ -326,3 +386,32 @@ def test_converted_model_under_lsg_flex_matches():
         model.set_attn_implementation("lsg_flex")
         flex = model(input_ids=ids).logits
     torch.testing.assert_close(flex, plain, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    """The hooks stay outside the checkpointed forward and lsg_fast's recompute selects the same keys again:
+    with dropout on, checkpointed training gives the plain loss and gradients exactly."""
+    config = RobertaConfig(**tiny_config_kwargs(max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                                eos_token_id=2, type_vocab_size=1, hidden_dropout_prob=0.1,
+                                                attention_probs_dropout_prob=0.1))
+    model = lsg.convert(transformers.RobertaForSequenceClassification(config), max_length=200, block_size=8,
+                        sparse_block_size=8, sparsity_factor=2, sparsity_type="norm", num_global_tokens=2,
+                        bos_token_id=0, mask_token_id=4).train()
+    ids = torch.randint(5, 99, (2, 150))
+    mask = torch.ones_like(ids)
+    mask[1, 137:] = 0
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(input_ids=ids, attention_mask=mask).logits.pow(2).mean()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert model.is_activation_checkpointing
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    assert grads.keys() == grads_ckpt.keys() and any("global_embeddings" in n for n in grads)
+    torch.testing.assert_close(loss_ckpt, loss, atol=0, rtol=0)
+    torch.testing.assert_close(grads_ckpt, grads, atol=1e-9, rtol=0)

@@ -1,6 +1,6 @@
 """`lsg.layout` against brute-force key lists, one query at a time, at lengths that are not block multiples.
 
-The brute force spells the rule the way spec §3.2 words it (blocks j-1..j+1; the sbs entries of S just before the
+The brute force spells the rule the way design §3.2 words it (blocks j-1..j+1; the sbs entries of S just before the
 ones summarising block j-1 and just after the ones summarising block j+1) with Python lists, and the dense
 reference's own visibility (`lsg.reference.reference_visibility`) is checked against the same predicates.
 """

@@ -1,4 +1,4 @@
-"""`python -m tools.pattern`: the PNG is written, and what it draws follows the library's rules (spec §3.2, §4)."""
+"""`python -m tools.pattern`: the PNG is written, and what it draws follows the library's rules (design §3.2, §4)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ temp dir with the real MiniLM tokenizer; the data are the offline builders or ge
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -126,6 +127,18 @@ def test_seq2seq_lsg_bart_on_aclsum(configure, tiny_bart):
     assert record["attention"] == "lsg" and record["max_length"] == 1024
     saved = json.loads((Path(cfg.run_dir) / "final" / "config.json").read_text())
     assert saved["model_type"] == "lsg_bart" and saved["max_position_embeddings"] == 1024  # offset 2 is inside
+
+
+def test_logged_loss_is_the_mean_under_gradient_accumulation(configure, tiny_bert):
+    """4 micro-batches of 1 per step, lr 0: a fresh 5-class head logs ~ln 5, not 4 x ln 5 (Trainer's loss heuristic)."""
+    cfg = configure("task=bbc_topic", "model=lsg_norm", f"model.checkpoint={tiny_bert}", *TINY_LSG,
+                    "trainer.per_device_batch_size=1", "task.learning_rate=0", "trainer.logging_steps=1")
+    run(cfg)
+    losses = [entry["loss"] for line in (Path(cfg.run_dir) / "train_log.jsonl").read_text().splitlines()
+              if "loss" in (entry := json.loads(line))]
+    assert len(losses) == 2
+    # The head starts near-uniform (logits ~0.05): the true mean cross-entropy is ln 5 within a few hundredths.
+    assert losses == pytest.approx([math.log(5)] * 2, abs=0.05)
 
 
 class Kill(TrainerCallback):

@@ -1,4 +1,4 @@
-"""Encoder-decoders (BART, mBART, Pegasus; spec §3.6): LSG encoder, dense decoder, G-padded cross mask, generate."""
+"""Encoder-decoders (BART, mBART, Pegasus; design §3.6): LSG encoder, dense decoder, G-padded cross mask, generate."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Validation of the LSG parameters: clear errors naming the parameter, value and accepted range (spec D16)."""
+"""Validation of the LSG parameters: clear errors naming the parameter, value and accepted range (design D16)."""
 
 import pytest
 

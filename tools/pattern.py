@@ -1,10 +1,10 @@
-"""Draw the LSG attention pattern (spec §3.2) and its cost (spec §4) from the library's own rules.
+"""Draw the LSG attention pattern (design §3.2) and its cost (design §4) from the library's own rules.
 
     python -m tools.pattern docs/lsg_pattern.png --length 64 --block-size 8 --sparse-block-size 4
 
 Left panel: which keys each query sees, on a (G+T) x (G+T) grid of queries [globals; tokens] by keys
 [globals; tokens], from the kernels' own rule (`lsg.layout`). Sparse keys are not tokens but entries of
-the sparse sequence S (spec §3.4), so the grid shows the tokens they summarise: dark cells are the tokens
+the sparse sequence S (design §3.4), so the grid shows the tokens they summarise: dark cells are the tokens
 head 0 actually reads (found by running the dense reference selector on one-hot keys), light cells the span
 of tokens the visible sparse entries stand for.
 Right panel: keys per real-token query, `LSGSettings.keys_per_query` against full attention.
@@ -93,12 +93,12 @@ def attention_grid(length: int, settings: LSGSettings) -> Tensor:
     grid[:G] = GLOBAL  # global queries see every key, and every query sees the globals
     grid[:, :G] = GLOBAL
     if settings.mask_first_token:
-        grid[:, G] = HIDDEN  # the first real token is hidden as a key from every query (spec §3.1)
+        grid[:, G] = HIDDEN  # the first real token is hidden as a key from every query (design §3.1)
     return grid[: G + length, : G + length]
 
 
 def keys_per_query_curve(lengths: Sequence[int], settings: LSGSettings) -> tuple[list[int], list[int]]:
-    """Keys one real-token query attends to, for LSG and for full attention over T tokens (spec §4).
+    """Keys one real-token query attends to, for LSG and for full attention over T tokens (design §4).
 
     LSG: G + T under the short rule (T <= 2*bs), else `settings.keys_per_query()` = G + 2*sbs + 3*bs.
     """

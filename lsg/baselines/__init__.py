@@ -1,4 +1,4 @@
-"""Table-1 baselines of the LSG paper: what RoBERTa-base's full attention is compared with (issue #7).
+"""Table-1 baselines of the LSG paper: what RoBERTa-base's full attention is compared with.
 
 * `to_longformer`, `to_bigbird`: the pretrained weights in transformers' own Longformer and BigBird
   classes (the maintained implementations users compare against), positions tiled as in LSG.

@@ -2,7 +2,7 @@
 
 BigBird's layers are BERT's; only the names around them differ (`bert.` prefix, `cls.predictions.*` MLM
 head, a pooler that is a bare Linear). BigBird numbers positions from 0, so RoBERTa's two offset rows are
-dropped before tiling as in LSG (spec §2.2).
+dropped before tiling as in LSG (design §2.2).
 
 Behaviour of transformers' BigBird to know about (5.23):
 

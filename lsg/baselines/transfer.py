@@ -2,7 +2,7 @@
 
 A converter builds the target model fresh from a config, then copies every source tensor by name (with an
 explicit rename table) and refuses to return a model whose weights did not all arrive (gpt-fast's and
-nanoGPT's pattern). Positions follow LSG's rule (spec §2.2, `lsg.positions.tile_positions`).
+nanoGPT's pattern). Positions follow LSG's rule (design §2.2, `lsg.positions.tile_positions`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def config_dict(model: PreTrainedModel, **updates: Any) -> dict[str, Any]:
 
 
 def position_rows(table: Tensor, max_length: int, source_offset: int, target_offset: int) -> Tensor:
-    """(target_offset + max_length, d) position table: the source's usable rows tiled (spec §2.2).
+    """(target_offset + max_length, d) position table: the source's usable rows tiled (design §2.2).
 
     The rows below the offset are only ever read by padding tokens (RoBERTa/Longformer give every pad the
     position `padding_idx`), whose outputs are discarded: the source's own special rows are kept when it

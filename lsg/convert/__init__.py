@@ -1,4 +1,4 @@
-"""Convert a pretrained short-context checkpoint to LSG attention (spec §2), in Python or from the shell.
+"""Convert a pretrained short-context checkpoint to LSG attention (design §2), in Python or from the shell.
 
     import lsg
     long_model = lsg.convert(model, tokenizer, max_length=4096, sparsity_type="norm")
@@ -7,7 +7,7 @@
     python -m lsg.convert --model bert-base-uncased --out runs/lsg-bert-4096 --max-length 4096
 
 Conversion only does what an attention function cannot: it extends the learned position table by
-tiling (spec §2.2), adds the global-token table initialised from the original weights (§2.3), and
+tiling (design §2.2), adds the global-token table initialised from the original weights (§2.3), and
 writes the LSG fields into a config of the family's `lsg_<type>` model type, so `save_pretrained`
 round-trips. Every source weight is copied unchanged; the result has the same head class.
 
@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from lsg.atomic import staged_directory
 from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
+from lsg.hub import offline_hint, push_folder, write_model_card
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
@@ -41,14 +42,14 @@ _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "
 
 @dataclass(frozen=True)
 class ConversionSettings:
-    """Conversion choices that are not LSG attention parameters: how the new rows start (spec §2.3).
+    """Conversion choices that are not LSG attention parameters: how the new rows start (design §2.3).
 
     Args:
         random_global_init: global rows >= 1 start from a random word-like vector instead of [MASK].
         global_positional_stride: stride used to pick the position row of each global token.
         use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
         pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
-            cross-attention sees them (spec §3.6); ignored by encoder-only families.
+            cross-attention sees them (design §3.6); ignored by encoder-only families.
         seed: seeds every random draw of the conversion (random_global_init; the CLI's new heads).
     """
 
@@ -249,6 +250,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the source config's, else the family default)")
     p.add_argument("--num-labels", type=int, help="number of labels of a new classification head")
     p.add_argument("--max-length", type=int, default=4096, help="new maximum sequence length L")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload --out to this Hub repo (user/name); "
+                   "the token comes from HF_TOKEN or `hf auth login`")
+    p.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
     add_flags(p, LSGSettings, "LSG attention (lsg.LSGSettings, saved in the model's config)")
     add_flags(p, ConversionSettings, "conversion (lsg.ConversionSettings)")
     return p
@@ -266,11 +270,16 @@ def _print_architectures() -> None:
         print("    " + ", ".join(family.name + suffix for suffix in heads))
 
 
-def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Write into a sibling directory, then swap it in: a crash never leaves a half-written or missing model."""
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path,
+                     repo: str | None = None) -> None:
+    """Write into a sibling directory, then swap it in: a crash never leaves a half-written or missing model.
+
+    The model card's snippets load from `repo` when the directory is to be pushed there.
+    """
     with staged_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        write_model_card(model, staging, repo)
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -284,6 +293,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         parser.error("--model and --out are required (or --list)")
     if args.out.exists() and (not args.out.is_dir() or (any(args.out.iterdir()) and not args.overwrite)):
         parser.error(f"--out {args.out} exists and is not an empty directory; pass --overwrite to replace it")
+    if args.private and not args.push_to_hub:
+        parser.error("--private applies to --push-to-hub REPO_ID, which is missing")
     if args.num_labels is not None and args.num_labels < 1:
         parser.error(f"--num-labels {args.num_labels} must be >= 1")
     try:  # every check that needs no weights runs before the (possibly multi-GB) load
@@ -292,6 +303,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         config = AutoConfig.from_pretrained(args.model)
         check_source(config, args.max_length)
         head_class = _head_class_for(config, args.architecture)
+    except OSError as error:  # not a local directory, and the hub could not be asked (or has no such repo)
+        parser.error(f"cannot read --model {args.model}: {offline_hint() or str(error)[:300]}")
     except ValueError as error:
         parser.error(str(error))
     torch.manual_seed(conversion.seed)  # new heads (e.g. a classifier) get reproducible weights
@@ -300,9 +313,16 @@ def main(argv: list[str] | None = None) -> Path | None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     converted = convert(model, tokenizer, settings, max_length=args.max_length, conversion=conversion)
     tokenizer.model_max_length = args.max_length
-    _save_atomically(converted, tokenizer, args.out)
+    _save_atomically(converted, tokenizer, args.out, repo=args.push_to_hub)
     print(f"saved {type(converted).__name__} (max_length={args.max_length}, {settings.sparsity_type}) to {args.out}")
+    if args.push_to_hub:
+        print(f"pushed to {push_folder(args.out, args.push_to_hub, private=args.private)}")
     return args.out
 
 
-__all__ = ["ConversionSettings", "convert", "main", "special_token_ids"]
+def cli() -> None:
+    """The `lsg-convert` console script: `main` without its return value (sys.exit would print it, exit code 1)."""
+    main()
+
+
+__all__ = ["ConversionSettings", "cli", "convert", "main", "special_token_ids"]
