@@ -33,6 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from lsg.atomic import write_json
 from tasks.config import RunConfig
 from tasks.data import load_splits
+from tasks.hardware import resolve
 from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
@@ -136,6 +137,15 @@ def _tokens(dataset: Any) -> int:
     return sum(len(ids) for ids in dataset["input_ids"])
 
 
+def with_hardware(cfg: RunConfig) -> RunConfig:
+    """`cfg` with `trainer.device`/`trainer.precision` resolved (tasks/hardware.py): what config.yaml and
+    metrics.json record is what ran, not "auto"."""
+    device, precision = resolve(cfg.trainer.device, cfg.trainer.precision)
+    log.info("device=%s (asked: %s), precision=%s (asked: %s)", device, cfg.trainer.device, precision,
+             cfg.trainer.precision)
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device=device, precision=precision))
+
+
 def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
     run_dir = Path(cfg.run_dir)
@@ -145,6 +155,7 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
         return done
     started = time.perf_counter()
+    cfg = with_hardware(cfg)
     # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
     # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
     state = PartialState(cpu=cfg.trainer.device == "cpu")

@@ -41,7 +41,7 @@ def test_groups_hold_what_the_issue_lists():
             "lsg_bos_pooling", "longformer", "bigbird", "legal_bert", "bart_base", "lsg_bart"} <= set(MODELS)
     assert {"mlm", "imdb", "arxiv", "patent", "scotus", "ecthr_a", "ecthr_b", "pubmed", "arxiv_sum", "multinews",
             "mediasum", "bbc_topic", "bbc_longdoc", "aclsum", "bbc_headline", "wiki_mlm"} <= set(TASKS)
-    assert {p.stem for p in (CONF / "trainer").glob("*.yaml")} == {"cpu", "gpu", "multi_gpu"}
+    assert {p.stem for p in (CONF / "trainer").glob("*.yaml")} == {"auto", "cpu", "gpu", "multi_gpu"}
 
 
 def check_pair(model: str, task: str) -> None:
@@ -201,7 +201,7 @@ def test_knobs_are_overridable(hydra_conf):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["trainer.precision=fp16"], r"trainer.precision=fp16 needs trainer.device=cuda"),
+    (["trainer=cpu", "trainer.precision=fp16"], r"trainer.precision=fp16 needs trainer.device=cuda"),
     (["trainer.tune=everything"], r"trainer.tune='everything' is not supported; use one of \['all', 'global_tokens'\]"),
     (["model.lsg.sparsity_type=max"], r"model.lsg.sparsity_type='max' is not supported"),
     (["model.lsg.block_size=100", "model.lsg.sparsity_factor=3"], r"sparsity_factor=3 must divide .*block_size=100"),
