@@ -23,6 +23,7 @@ from omegaconf import MISSING, OmegaConf
 from lsg.convert import ConversionSettings
 from lsg.settings import LSGSettings
 from lsg.validation import check_choice, check_range
+from tasks import run_identity
 from tasks.hardware import DEVICES, PRECISIONS
 
 # original: the checkpoint's own attention, untouched ("full" is one of Table 1's swapped-in attentions).
@@ -257,6 +258,7 @@ class RunConfig:
     experiment_name: str | None = None  # set by experiment/*.yaml; names the runs/ folder and the W&B group
     runs_dir: str = "runs"
     group: str = MISSING  # runs/<group>/: the experiment name, else the task name
+    run_id: str = MISSING  # ${lsg_run_id:}: hash of what makes this run different (tasks/run_identity.py)
     run_name: str = MISSING
     run_dir: str = MISSING
 
@@ -295,6 +297,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("lsg_asset"):
         OmegaConf.register_new_resolver("lsg_asset", asset_path)
+    if not OmegaConf.has_resolver("lsg_run_id"):
+        OmegaConf.register_new_resolver("lsg_run_id", run_identity.run_id)
 
 
 def to_run_config(cfg: Any) -> RunConfig:

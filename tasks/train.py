@@ -1,15 +1,18 @@
 """One run, end to end: data -> model -> HF Trainer (on Accelerate) -> metrics.json in the run dir.
 
-Run dir layout (`runs/<experiment or task>/<run name>/`):
+Run dir layout (`runs/<experiment or task>/<task>-<model>-L<length>-s<seed>-<run id>/`):
     config.yaml        resolved config (Hydra keeps the unresolved one in .hydra/)
     metrics.json       the result record (tasks/report.py), written atomically, rank 0 only
     train_log.jsonl    one line per logging step: step, epoch, loss, learning_rate, ms/step
     checkpoints/       HF Trainer checkpoints; a killed run resumes from the last one
     final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint
     wandb/             W&B files (offline runs sync later with `wandb sync`)
+    identity.json      what makes this run different (tasks/run_identity.py); a dir holding another
+                       configuration is refused, naming the differing keys
 
-A run whose metrics.json exists is skipped unless `force`. Under `accelerate launch` every process
-runs this function; the Trainer shards the batches, and only the main process writes files.
+A run whose metrics.json exists is skipped unless `force`, which also deletes the previous outputs.
+Under `accelerate launch` every process runs this function; the Trainer shards the batches, and only the
+main process writes files.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tasks.hardware import resolve
 from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
+from tasks.run_identity import claim_run_dir, identity
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,15 @@ def input_length(cfg: RunConfig) -> int:
     return min(cfg.task.max_length, cfg.model.max_length)
 
 
-def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
-    """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off."""
+def _wandb_id(run_dir: Path, forced: bool) -> str:
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16] + (f"-f{int(time.time())}" if forced else "")
+
+
+def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
+    """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off.
+
+    The W&B id follows the run dir (so a resumed run appends to its own W&B run); a forced rerun gets a new id.
+    """
     mode = cfg.logger.resolved_mode()
     if cfg.logger.name == "none" or mode == "disabled":
         return False
@@ -77,7 +88,7 @@ def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
     wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=cfg.logger.tags,
                name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
-               id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16])
+               id=_wandb_id(run_dir, forced))
     return True
 
 
@@ -150,16 +161,19 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
     run_dir = Path(cfg.run_dir)
     metrics_path = run_dir / "metrics.json"
-    done = None if force else read_record(metrics_path)
-    if done is not None:
-        log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
-        return done
     started = time.perf_counter()
+    current = identity(cfg)  # before the hardware is resolved: trainer.precision=auto is what was asked
     cfg = with_hardware(cfg)
     # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
     # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
     state = PartialState(cpu=cfg.trainer.device == "cpu")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        claim_run_dir(run_dir, current, force=force)  # raises when the dir holds another configuration
+    state.wait_for_everyone()
+    done = None if force else read_record(metrics_path)
+    if done is not None:
+        log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
+        return done
     transformers.set_seed(cfg.trainer.seed)
     length = input_length(cfg)
     kind = load_kind(cfg.task.kind)
@@ -174,7 +188,7 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
-    report_to = "wandb" if start_wandb(cfg, run_dir) else "none"
+    report_to = "wandb" if start_wandb(cfg, run_dir, forced=force) else "none"
     trainer = kind.trainer_class(
         model=model,
         args=training_arguments(cfg, kind, run_dir, report_to),
