@@ -86,13 +86,16 @@ def test_experiments_compose(hydra_conf, experiment):
 TASK_ENCODER = "<task.default_encoder>"
 LSG_FIELDS = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens")
 # The resolved `model` node of every conf/model file, captured from the configs before they inherited from each
-# other through `defaults:` (then renamed: roberta_full -> truncated, attention full -> original):
+# other through `defaults:` (then renamed: roberta_full -> truncated, attention full -> original; issue 15:
+# longformer/bigbird became the public checkpoints, the conversions *_from_roberta):
 # name: (checkpoint, attention, architecture, max_length, model.lsg's (bs, sbs, f, sparsity_type, G)).
 FROZEN_MODELS = {
     "bart_base": ("facebook/bart-base", "original", "bart", 1024, (128, 128, 2, "norm", 1)),
-    "bigbird": (TASK_ENCODER, "bigbird", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "bigbird": ("google/bigbird-roberta-base", "original", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "bigbird_from_roberta": (TASK_ENCODER, "bigbird", "encoder", 4096, (128, 128, 2, "norm", 1)),
     "legal_bert": ("nlpaueb/legal-bert-base-uncased", "original", "encoder", 512, (128, 128, 2, "norm", 1)),
-    "longformer": (TASK_ENCODER, "longformer", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "longformer": ("allenai/longformer-base-4096", "original", "encoder", 4096, (128, 128, 2, "norm", 1)),
+    "longformer_from_roberta": (TASK_ENCODER, "longformer", "encoder", 4096, (128, 128, 2, "norm", 1)),
     "lsg_bart": ("facebook/bart-base", "lsg", "bart", 4096, (256, 0, 0, "none", 1)),
     "lsg_bert2bert": (TASK_ENCODER, "lsg", "bert2bert", 4096, (256, 0, 0, "none", 1)),
     "lsg_block_stride": (TASK_ENCODER, "lsg", "encoder", 4096, (128, 128, 4, "block_stride", 1)),
