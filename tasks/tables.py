@@ -53,6 +53,18 @@ def paper_table(table: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+def paper_values(table: str, model: str, task: str) -> dict[str, float]:
+    """The paper's numbers for the run of `model` on `task` in `table` ({"micro_f1": 68.8, ...}); {} when the
+    table has no project copy or the paper prints no number for that cell (W&B summaries: `paper/<metric>`)."""
+    path = PAPER_DIR / f"{table}.yaml"
+    if not path.exists():
+        return {}
+    for row in paper_table(table)["rows"]:
+        if row["model"]["paper"] == model and task in row["values"]:
+            return {m: v for m, v in zip(("micro_f1", "macro_f1"), row["values"][task], strict=True) if v is not None}
+    return {}
+
+
 def datasets(spec: dict[str, Any], scale: str) -> list[str]:
     """The table's columns at `scale`: the paper's datasets, or the offline stand-in task(s)."""
     return spec["scales"][scale].get("datasets") or list(spec["datasets"])

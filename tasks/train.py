@@ -41,6 +41,7 @@ from tasks.models import apply_tuning, build_model, is_head_parameter, load_toke
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
 from tasks.run_identity import claim_run_dir, identity
+from tasks.tables import paper_values
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,10 @@ def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
     import wandb
 
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=cfg.logger.tags,
+    # key:value tags keep the attention (lsg) apart from the model name (lsg_local) in W&B filters
+    tags = [*cfg.logger.tags, f"table:{cfg.group}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+            f"attention:{cfg.model.attention}"]
+    wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=tags,
                name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
                id=_wandb_id(run_dir, forced))
     return True
@@ -231,6 +235,9 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
             import wandb
 
             wandb.run.summary.update({f"{split}/{k}": v for k, v in metrics.items()})
+            # the paper's value beside ours, so a panel can draw both (tasks/paper/<table>.yaml)
+            wandb.run.summary.update({f"paper/{k}": v for k, v in
+                                      paper_values(cfg.group, cfg.model.name, cfg.task.name).items()})
             wandb.finish()
     state.wait_for_everyone()
     return record

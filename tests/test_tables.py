@@ -62,3 +62,10 @@ def test_report_has_the_papers_layout_with_differences_and_missing_runs(tmp_path
     assert "| RoBERTa (512-length) | 95.0 (paper 95.5, Δ -0.5) |" in text  # IMDb: one number
     assert "| Legal-BERT (512-length) | n/a | n/a | n/a | — / — (paper 73.5/60.5) |" in text
     assert "Missing runs (no metrics.json): RoBERTa (512-length) on arxiv;" in text
+
+
+def test_paper_values_feed_the_wandb_summaries():
+    assert tables.paper_values("table2", "lsg_local", "ecthr_a") == {"micro_f1": 68.8, "macro_f1": 63.7}
+    assert tables.paper_values("table2", "truncated", "imdb") == {"micro_f1": 95.5}  # IMDb: one number
+    assert tables.paper_values("table2", "legal_bert", "imdb") == {}  # printed "-"
+    assert tables.paper_values("longdoc_demo", "lsg_norm", "bbc_longdoc") == {}  # no paper table
