@@ -10,6 +10,7 @@ other datasets, so its sub-cells read `n/a (smoke)`.
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ def cells(spec: dict[str, Any], scale: str, root: Path, planned: list[Any]) -> l
         model = row["model"][scale]
         for dataset in datasets(spec, scale):
             runs = records.get((model, dataset), [])
+            # seeds of one experiment only: runs whose settings differ are not averaged (the last ones win)
+            kinds = {json.dumps(r.get("settings") or {}, sort_keys=True) for r in runs}
+            if len(kinds) > 1:
+                latest = json.dumps(runs[-1].get("settings") or {}, sort_keys=True)
+                runs = [r for r in runs if json.dumps(r.get("settings") or {}, sort_keys=True) == latest]
             paper = row["values"].get(dataset, [None, None]) if scale == "paper" else [None, None]
             for metric, reference in zip(METRICS, paper, strict=True):
                 values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]

@@ -9,7 +9,9 @@ metrics.json, one flat record per run (keys in `RECORD_KEYS`):
     experiment, task, model, attention, checkpoint, max_length (input tokens), seed, split,
     metrics (the paper's units, declared with their direction in `tasks.metrics.METRICS`),
     higher_is_better, n_samples, train_seconds, eval_seconds, wall_seconds, train_tokens_per_second,
-    eval_tokens_per_second, trainable_parameters, parameters, git, date, device, versions, run_dir.
+    eval_tokens_per_second, trainable_parameters, parameters, git, date, device, versions, run_dir,
+    run_id (tasks/run_identity.py), settings (every knob that distinguishes runs beyond the seed: attention
+    parameters, tuning mode, do_train, precision; tables never average records whose settings differ).
 Every record, of a training run (tasks/train.py) or of a Table 1 cell (tasks/table1.py), is made by
 `build_record`, which checks it against this schema.
 """
@@ -34,6 +36,7 @@ RECORD_KEYS = (
     "experiment", "task", "model", "attention", "checkpoint", "max_length", "seed", "split", "metrics",
     "higher_is_better", "n_samples", "train_seconds", "eval_seconds", "wall_seconds", "train_tokens_per_second",
     "eval_tokens_per_second", "trainable_parameters", "parameters", "git", "date", "device", "versions", "run_dir",
+    "run_id", "settings",
 )
 
 
@@ -65,7 +68,8 @@ def git_revision() -> str | None:
 
 
 def build_record(*, metrics: dict[str, float], device: str, train_tokens: float, eval_tokens: float,
-                 processes: int = 1, **fields: Any) -> dict[str, Any]:
+                 processes: int = 1, run_id: str | None = None, settings: dict[str, Any] | None = None,
+                 **fields: Any) -> dict[str, Any]:
     """The metrics.json record of a run: its own fields plus what every record derives the same way.
 
     Training runs (tasks/train.py) and Table 1's cells (tasks/table1.py) both build their records here, so
@@ -77,6 +81,8 @@ def build_record(*, metrics: dict[str, float], device: str, train_tokens: float,
         train_tokens: tokens read by training, over all epochs (0 when nothing was trained).
         eval_tokens: tokens read by the evaluation.
         processes: processes that ran the job (Accelerate).
+        run_id: the run's identity hash (training runs); None for Table 1's cells.
+        settings: the knobs that distinguish this run from others of the same model and task ({} if none).
         **fields: the other RECORD_KEYS: experiment, task, model, attention, checkpoint, max_length, seed, split,
             n_samples, train_seconds, eval_seconds, wall_seconds, trainable_parameters, parameters, run_dir.
 
@@ -88,7 +94,8 @@ def build_record(*, metrics: dict[str, float], device: str, train_tokens: float,
 
     train_seconds, eval_seconds = fields.get("train_seconds", 0.0), fields.get("eval_seconds", 0.0)
     return check_record({
-        **fields, "metrics": metrics, "higher_is_better": higher_is_better(metrics),
+        **fields, "metrics": metrics, "higher_is_better": higher_is_better(metrics), "run_id": run_id,
+        "settings": settings or {},
         "train_tokens_per_second": train_tokens / train_seconds if train_seconds else 0.0,
         "eval_tokens_per_second": eval_tokens / eval_seconds if eval_seconds else 0.0,
         "git": git_revision(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

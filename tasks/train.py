@@ -152,6 +152,24 @@ def _tokens(dataset: Any) -> int:
     return sum(len(ids) for ids in dataset["input_ids"])
 
 
+def distinguishing_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The knobs that make two runs of one model on one task different experiments (not seeds of one)."""
+    model, trainer = cfg.model, cfg.trainer
+    settings: dict[str, Any] = {"attention": model.attention, "max_length": model.max_length, "tune": trainer.tune,
+                                "do_train": trainer.do_train, "freeze_layers": trainer.freeze_layers,
+                                "max_steps": trainer.max_steps, "precision": trainer.precision,
+                                "epochs": cfg.task.epochs, "learning_rate": cfg.task.learning_rate}
+    if model.attention == "lsg":
+        settings.update({key: getattr(model.lsg, key) for key in ("block_size", "sparse_block_size",
+                                                                  "sparsity_factor", "sparsity_type",
+                                                                  "num_global_tokens")})
+    elif model.attention == "longformer":
+        settings["attention_window"] = model.attention_window
+    elif model.attention == "bigbird":
+        settings.update(bigbird_block_size=model.bigbird_block_size, num_random_blocks=model.num_random_blocks)
+    return settings
+
+
 def with_hardware(cfg: RunConfig) -> RunConfig:
     """`cfg` with `trainer.device`/`trainer.precision` resolved (tasks/hardware.py): what config.yaml and
     metrics.json record is what ran, not "auto"."""
@@ -227,7 +245,7 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         n_samples=len(encoded[split]), train_seconds=train_seconds, eval_seconds=eval_seconds,
         wall_seconds=time.perf_counter() - started, **counts, run_dir=str(run_dir), device=cfg.trainer.device,
         train_tokens=_tokens(encoded["train"]) * (trainer.state.epoch or 0.0), eval_tokens=_tokens(encoded[split]),
-        processes=state.num_processes,
+        processes=state.num_processes, run_id=cfg.run_id, settings=distinguishing_settings(cfg),
     )
     if state.is_main_process:
         write_json(metrics_path, record)
