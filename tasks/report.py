@@ -147,6 +147,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "checkpoint": Path(runs[0]["checkpoint"]).name}
         row.update({m: _mean_std(m, [r["metrics"][m] for r in runs]) for m in metrics})
         row["_means"] = {m: statistics.mean(r["metrics"][m] for r in runs) for m in metrics}
+        settings = runs[0].get("settings") or {}
+        single = settings.get("num_labels") and not settings.get("multi_label")
+        row["_classes"] = settings["num_labels"] if single else None  # chance = 1 / classes (single-label only)
         row["train tokens/s"] = f"{statistics.mean(r['train_tokens_per_second'] for r in runs):.0f}"
         row["eval tokens/s"] = f"{statistics.mean(r['eval_tokens_per_second'] for r in runs):.0f}"
         row["wall time (s)"] = f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}"
@@ -177,7 +180,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.bar([i + k * width for i in range(len(rows))], [r["_means"][metric] for r in rows], width, label=metric)
     axis.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(rows))])
     axis.set_xticklabels([f"{r['model']}\n{r['max_length']} tokens" for r in rows])
-    axis.axhline(100 / 5, color="grey", linestyle=":", label="chance (5 classes)")
+    classes = rows[0]["_classes"]
+    if classes and all(r["_classes"] == classes for r in rows):  # multi-label or unknown: no chance line
+        axis.axhline(100 / classes, color="grey", linestyle=":", label=f"chance ({classes} classes)")
     axis.set_ylabel("% (test)")
     axis.set_ylim(0, 100)
     axis.legend(loc="upper left", fontsize=8)

@@ -204,7 +204,8 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         splits = load_splits(cfg.task.data)
         tokenizer = load_tokenizer(cfg.model, length)
         encoded = kind.encode(splits, tokenizer, cfg.task, length)
-    model = build_model(cfg.model, kind.head, tokenizer, **kind.head_kwargs(splits, cfg.task))
+    head = kind.head_kwargs(splits, cfg.task)
+    model = build_model(cfg.model, kind.head, tokenizer, **head)
     kind.prepare_model(model, tokenizer, cfg.task)
     counts = apply_tuning(model, cfg.trainer)
     if state.is_main_process:
@@ -245,7 +246,10 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         n_samples=len(encoded[split]), train_seconds=train_seconds, eval_seconds=eval_seconds,
         wall_seconds=time.perf_counter() - started, **counts, run_dir=str(run_dir), device=cfg.trainer.device,
         train_tokens=_tokens(encoded["train"]) * (trainer.state.epoch or 0.0), eval_tokens=_tokens(encoded[split]),
-        processes=state.num_processes, run_id=cfg.run_id, settings=distinguishing_settings(cfg),
+        processes=state.num_processes, run_id=cfg.run_id,
+        # the label count and kind too: plots draw a chance line only where it means something
+        settings={**distinguishing_settings(cfg), "num_labels": head.get("num_labels"),
+                  "multi_label": head.get("problem_type") == "multi_label_classification"},
     )
     if state.is_main_process:
         write_json(metrics_path, record)
