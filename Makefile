@@ -49,15 +49,16 @@ bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/ben
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 scale ?= smoke
+# At paper scale Tables 1 and 2 read the hub (roberta-base, the datasets): the offline switch is lifted there only.
+table1 table2: export HF_HUB_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+table1 table2: export HF_DATASETS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+table1 table2: export TRANSFORMERS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
 table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU
 	$(PY) -m tasks.table1 --scale $(scale)
 
-# Table 2 defaults to the paper's scale (GPU, hub data and checkpoints, which the hub switch below lets through);
+# Table 2 defaults to the paper's scale (GPU, hub data and checkpoints, which the hub switch above lets through);
 # scale=smoke is the offline CPU analog. dry_run=true lists the runs and estimates GPU-hours; seeds=0,1,2 repeats.
 table2: scale = $(if $(filter command line,$(origin scale)),$(scale),paper)
-table2: export HF_HUB_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table2: export HF_DATASETS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table2: export TRANSFORMERS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
 table2: $(STAMP)  ## paper Table 2 as a sweep: scale=paper (GPU) or scale=smoke (offline CPU); dry_run=true lists the runs
 	$(PY) -m tasks.tables table2 --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds))
 
