@@ -117,16 +117,17 @@ def training_flops(cfg: Any, spec: dict[str, Any]) -> float:
     return per_token * tokens * (stats["n_train"] * cfg.task.epochs + stats["n_test"] / 3)
 
 
-def dry_run(table: str, scale: str, seeds: tuple[int, ...], tflops: float) -> list[str]:
-    """One line per run (`run <n>: model=... task=... <overrides>  <run dir>`), then the total and estimate."""
+def dry_run(table: str, scale: str, seeds: tuple[int, ...], tflops: float, extra: list[str] = ()) -> list[str]:
+    """One line per run (`run <n>: model=... task=... <overrides>  <run dir>`), then the total and estimate;
+    `extra` are the overrides given for every run (they change the run dirs)."""
     spec = paper_table(table)
     experiment = spec["scales"][scale]["experiment"]
     runs = planned_runs(table, scale, seeds)
     lines, flops = [], 0.0
     for n, run in enumerate(runs, 1):
-        cfg = compose_run(run, experiment)
-        extra = " ".join([f"trainer.seed={run.seed}", *run.overrides])
-        lines.append(f"run {n}: model={run.model} task={run.task} {extra}  {cfg.run_dir}")
+        cfg = compose_run(run, experiment, extra)
+        given = " ".join([f"trainer.seed={run.seed}", *run.overrides, *extra])
+        lines.append(f"run {n}: model={run.model} task={run.task} {given}  {cfg.run_dir}")
         if scale == "paper":
             flops += training_flops(cfg, spec)
     pairs = len({(run.model, run.task) for run in runs})
@@ -173,11 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tflops", type=float, default=100.0, help="sustained throughput assumed by the estimate")
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=1)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     seeds = tuple(int(s) for s in args.seeds.split(","))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.dry_run:
-        print("\n".join(dry_run(args.table, args.scale, seeds, args.tflops)))
+        print("\n".join(dry_run(args.table, args.scale, seeds, args.tflops, args.overrides)))
         return
     root = run_table(args.table, args.scale, seeds, args.overrides, args.force)
     print((root / "table.md").read_text(encoding="utf-8"))

@@ -69,3 +69,10 @@ def test_paper_values_feed_the_wandb_summaries():
     assert tables.paper_values("table2", "truncated", "imdb") == {"micro_f1": 95.5}  # IMDb: one number
     assert tables.paper_values("table2", "legal_bert", "imdb") == {}  # printed "-"
     assert tables.paper_values("longdoc_demo", "lsg_norm", "bbc_longdoc") == {}  # no paper table
+
+
+def test_overrides_after_the_options_reach_every_run(capsys):
+    tables.main(["table2", "--scale", "smoke", "--dry-run", "trainer.max_steps=1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("run 1: model=truncated task=bbc_longdoc trainer.seed=0 trainer.max_steps=1  ")
+    assert lines[0].split()[-1] != tables.dry_run("table2", "smoke", (0,), 100.0)[0].split()[-1]  # its own dir
