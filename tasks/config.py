@@ -23,12 +23,13 @@ from omegaconf import MISSING, OmegaConf
 from lsg.convert import ConversionSettings
 from lsg.settings import LSGSettings
 from lsg.validation import check_choice, check_range
+from tasks import run_identity
+from tasks.hardware import DEVICES, PRECISIONS
 
 # original: the checkpoint's own attention, untouched ("full" is one of Table 1's swapped-in attentions).
 ATTENTIONS = ("original", "lsg", "longformer", "bigbird")
 ARCHITECTURES = ("encoder", "bart", "bert2bert")
 KINDS = ("classification", "mlm", "seq2seq")
-PRECISIONS = ("fp32", "bf16", "fp16")
 TUNE_MODES = ("all", "global_tokens")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
@@ -190,8 +191,8 @@ class TrainerConfig:
     """Hardware and optimisation knobs that do not change what is learned, plus `tune` and `seed`."""
 
     name: str = MISSING
-    device: str = "cpu"
-    precision: str = "fp32"
+    device: str = "auto"  # auto: CUDA when present, else CPU (tasks/hardware.py resolves it when the run starts)
+    precision: str = "auto"  # auto: bf16 on a CUDA card that supports it, else fp32
     per_device_batch_size: int = 8
     eval_batch_size: int | None = None  # defaults to per_device_batch_size
     tune: str = "all"  # global_tokens: only the global-token embeddings and the task head learn (Tables 4-7)
@@ -210,7 +211,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.name == MISSING:  # the schema's own defaults, built by Hydra before composition
             return
-        check_choice("trainer.device", self.device, ("cpu", "cuda"))
+        check_choice("trainer.device", self.device, DEVICES)
         check_choice("trainer.precision", self.precision, PRECISIONS)
         check_choice("trainer.tune", self.tune, TUNE_MODES)
         check_choice("trainer.eval_split", self.eval_split, ("validation", "test"))
@@ -259,6 +260,7 @@ class RunConfig:
     experiment_name: str | None = None  # set by experiment/*.yaml; names the runs/ folder and the W&B group
     runs_dir: str = "runs"
     group: str = MISSING  # runs/<group>/: the experiment name, else the task name
+    run_id: str = MISSING  # ${lsg_run_id:}: hash of what makes this run different (tasks/run_identity.py)
     run_name: str = MISSING
     run_dir: str = MISSING
     offline: bool = False  # true: never contact the hub (sets OFFLINE_VARIABLES before anything loads)
@@ -298,6 +300,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("lsg_asset"):
         OmegaConf.register_new_resolver("lsg_asset", asset_path)
+    if not OmegaConf.has_resolver("lsg_run_id"):
+        OmegaConf.register_new_resolver("lsg_run_id", run_identity.run_id)
 
 
 def to_run_config(cfg: Any) -> RunConfig:

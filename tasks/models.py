@@ -64,9 +64,17 @@ def _to_lsg(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Mod
                        conversion=cfg.conversion_settings())
 
 
+# Rows in front of the position table of the public long checkpoints (Table 2's Longformer/BigBird rows), which
+# `lsg.families` does not know: longformer-base-4096 has 4098 rows for 4096 tokens, bigbird-roberta-base 4096.
+_BASELINE_POSITION_OFFSETS = {"longformer": 2, "big_bird": 0}
+
+
 def _check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfig) -> None:
     """attention=original reads at most the checkpoint's own length: the family table's rule (`lsg.families`)."""
-    capacity = lsg.families.family_of(config).original_length(config)
+    if config.model_type in _BASELINE_POSITION_OFFSETS:
+        capacity = config.max_position_embeddings - _BASELINE_POSITION_OFFSETS[config.model_type]
+    else:
+        capacity = lsg.families.family_of(config).original_length(config)
     if cfg.max_length > capacity:
         raise ValueError(f"model.max_length={cfg.max_length} exceeds what {cfg.checkpoint} can read ({capacity} "
                          f"positions) with its original attention; use an lsg_* model or model.max_length<={capacity}")
@@ -89,6 +97,10 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
         raise _checkpoint_error(cfg.checkpoint, error) from error
     if cfg.attention == "original":
         _check_original_length(cfg, base.config)
+        if base.config.model_type == "big_bird":  # a BigBird checkpoint: hooks are not saved, install it again
+            from lsg.baselines import keep_block_sparse
+
+            keep_block_sparse(base)
         return base
     if cfg.attention == "lsg":
         return _to_lsg(base, tokenizer, cfg)

@@ -9,7 +9,9 @@ metrics.json, one flat record per run (keys in `RECORD_KEYS`):
     experiment, task, model, attention, checkpoint, max_length (input tokens), seed, split,
     metrics (the paper's units, declared with their direction in `tasks.metrics.METRICS`),
     higher_is_better, n_samples, train_seconds, eval_seconds, wall_seconds, train_tokens_per_second,
-    eval_tokens_per_second, trainable_parameters, parameters, git, date, device, versions, run_dir.
+    eval_tokens_per_second, trainable_parameters, parameters, git, date, device, versions, run_dir,
+    run_id (tasks/run_identity.py), settings (every knob that distinguishes runs beyond the seed: attention
+    parameters, tuning mode, do_train, precision; tables never average records whose settings differ).
 Every record, of a training run (tasks/train.py) or of a Table 1 cell (tasks/table1.py), is made by
 `build_record`, which checks it against this schema.
 """
@@ -34,6 +36,7 @@ RECORD_KEYS = (
     "experiment", "task", "model", "attention", "checkpoint", "max_length", "seed", "split", "metrics",
     "higher_is_better", "n_samples", "train_seconds", "eval_seconds", "wall_seconds", "train_tokens_per_second",
     "eval_tokens_per_second", "trainable_parameters", "parameters", "git", "date", "device", "versions", "run_dir",
+    "run_id", "settings",
 )
 
 
@@ -65,7 +68,8 @@ def git_revision() -> str | None:
 
 
 def build_record(*, metrics: dict[str, float], device: str, train_tokens: float, eval_tokens: float,
-                 processes: int = 1, **fields: Any) -> dict[str, Any]:
+                 processes: int = 1, run_id: str | None = None, settings: dict[str, Any] | None = None,
+                 **fields: Any) -> dict[str, Any]:
     """The metrics.json record of a run: its own fields plus what every record derives the same way.
 
     Training runs (tasks/train.py) and Table 1's cells (tasks/table1.py) both build their records here, so
@@ -77,6 +81,8 @@ def build_record(*, metrics: dict[str, float], device: str, train_tokens: float,
         train_tokens: tokens read by training, over all epochs (0 when nothing was trained).
         eval_tokens: tokens read by the evaluation.
         processes: processes that ran the job (Accelerate).
+        run_id: the run's identity hash (training runs); None for Table 1's cells.
+        settings: the knobs that distinguish this run from others of the same model and task ({} if none).
         **fields: the other RECORD_KEYS: experiment, task, model, attention, checkpoint, max_length, seed, split,
             n_samples, train_seconds, eval_seconds, wall_seconds, trainable_parameters, parameters, run_dir.
 
@@ -88,7 +94,8 @@ def build_record(*, metrics: dict[str, float], device: str, train_tokens: float,
 
     train_seconds, eval_seconds = fields.get("train_seconds", 0.0), fields.get("eval_seconds", 0.0)
     return check_record({
-        **fields, "metrics": metrics, "higher_is_better": higher_is_better(metrics),
+        **fields, "metrics": metrics, "higher_is_better": higher_is_better(metrics), "run_id": run_id,
+        "settings": settings or {},
         "train_tokens_per_second": train_tokens / train_seconds if train_seconds else 0.0,
         "eval_tokens_per_second": eval_tokens / eval_seconds if eval_seconds else 0.0,
         "git": git_revision(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -140,6 +147,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "checkpoint": Path(runs[0]["checkpoint"]).name}
         row.update({m: _mean_std(m, [r["metrics"][m] for r in runs]) for m in metrics})
         row["_means"] = {m: statistics.mean(r["metrics"][m] for r in runs) for m in metrics}
+        settings = runs[0].get("settings") or {}
+        single = settings.get("num_labels") and not settings.get("multi_label")
+        row["_classes"] = settings["num_labels"] if single else None  # chance = 1 / classes (single-label only)
         row["train tokens/s"] = f"{statistics.mean(r['train_tokens_per_second'] for r in runs):.0f}"
         row["eval tokens/s"] = f"{statistics.mean(r['eval_tokens_per_second'] for r in runs):.0f}"
         row["wall time (s)"] = f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}"
@@ -170,7 +180,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.bar([i + k * width for i in range(len(rows))], [r["_means"][metric] for r in rows], width, label=metric)
     axis.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(rows))])
     axis.set_xticklabels([f"{r['model']}\n{r['max_length']} tokens" for r in rows])
-    axis.axhline(100 / 5, color="grey", linestyle=":", label="chance (5 classes)")
+    classes = rows[0]["_classes"]
+    if classes and all(r["_classes"] == classes for r in rows):  # multi-label or unknown: no chance line
+        axis.axhline(100 / classes, color="grey", linestyle=":", label=f"chance ({classes} classes)")
     axis.set_ylabel("% (test)")
     axis.set_ylim(0, 100)
     axis.legend(loc="upper left", fontsize=8)

@@ -55,6 +55,7 @@ import lsg
 from lsg import baselines
 from lsg.atomic import write_json
 from tasks.data import FILE_FORMATS, build_wiki_mlm
+from tasks.hardware import DEVICES, resolve
 from tasks.metrics import METRICS
 from tasks.mlm import EVAL_MASK_SEED, masked_blocks, reduce_logits, reduced_scores
 from tasks.pretrain import MINILM_MLM, STARTS, PretrainConfig, pretrain
@@ -218,17 +219,19 @@ def score(model: PreTrainedModel, data: dict[str, torch.Tensor], batch_size: int
     return reduced_scores(torch.cat(reduced).numpy(), torch.cat(labels).numpy())
 
 
-def base_model(scale: Scale, out: Path, checkpoint: str | None,
-               start: str = "minilm") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def base_model(scale: Scale, out: Path, checkpoint: str | None, start: str = "minilm",
+               device: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """roberta-base (paper scale), --checkpoint, or at smoke scale the MLM trained here from `start`
-    (`tasks.pretrain`: MiniLM's encoder with a trained head, or a small RoBERTa from scratch)."""
+    (`tasks.pretrain`: MiniLM's encoder with a trained head, or a small RoBERTa from scratch), on `device`
+    ("auto": CUDA when present; every row's converter keeps the base model's device)."""
     if checkpoint is None and scale.name == "smoke":
         preset = MINILM_MLM if start == "minilm" else PretrainConfig(start=start)
         config = dataclasses.replace(preset, length=scale.base_length)
         checkpoint = str(pretrain(out / f"mlm-{start}-{scale.base_length}", config))
     checkpoint = checkpoint or "FacebookAI/roberta-base"
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return AutoModelForMaskedLM.from_pretrained(checkpoint).eval(), tokenizer
+    device, _ = resolve(device, key="table1")
+    return AutoModelForMaskedLM.from_pretrained(checkpoint).to(device).eval(), tokenizer
 
 
 def score_cell(row: Row, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: dict[str, torch.Tensor],
@@ -254,9 +257,9 @@ def score_cell(row: Row, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
 
 
 def run(scale: Scale, out: Path, *, checkpoint: str | None = None, start: str = "minilm", force: bool = False,
-        rows: list[str] | None = None) -> list[dict[str, Any]]:
+        rows: list[str] | None = None, device: str = "auto") -> list[dict[str, Any]]:
     """Score every row at every length, writing one metrics.json each (existing ones are kept unless force)."""
-    model, tokenizer = base_model(scale, out, checkpoint, start)
+    model, tokenizer = base_model(scale, out, checkpoint, start, device)
     own = _own_length(model)
     if own != scale.base_length:
         log.warning("the base model reads %d tokens, the scale assumes %d", own, scale.base_length)
@@ -363,6 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="default per scale (first = base length)")
     p.add_argument("--rows", nargs="+", default=None, help="row slugs to run (default: all)")
     p.add_argument("--force", action="store_true", help="rerun rows whose metrics.json exists")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
     return p
 
 
@@ -381,7 +385,8 @@ def main(argv: list[str] | None = None) -> Path:
     default = scale.name if args.start == "minilm" or args.checkpoint else f"{scale.name}-{args.start}"
     out = args.out or Path("runs") / "table1" / default
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    records = run(scale, out, checkpoint=args.checkpoint, start=args.start, force=args.force, rows=args.rows)
+    records = run(scale, out, checkpoint=args.checkpoint, start=args.start, force=args.force, rows=args.rows,
+                  device=args.device)
     table = table_markdown(records, scale, json.loads((out / ORDER_CHECK).read_text()))
     (out / "table.md").write_text(table)
     plot(records, out / "bpc_vs_length.png")

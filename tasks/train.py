@@ -1,15 +1,18 @@
 """One run, end to end: data -> model -> HF Trainer (on Accelerate) -> metrics.json in the run dir.
 
-Run dir layout (`runs/<experiment or task>/<run name>/`):
+Run dir layout (`runs/<experiment or task>/<task>-<model>-L<length>-s<seed>-<run id>/`):
     config.yaml        resolved config (Hydra keeps the unresolved one in .hydra/)
     metrics.json       the result record (tasks/report.py), written atomically, rank 0 only
     train_log.jsonl    one line per logging step: step, epoch, loss, learning_rate, ms/step
     checkpoints/       HF Trainer checkpoints; a killed run resumes from the last one
     final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint
     wandb/             W&B files (offline runs sync later with `wandb sync`)
+    identity.json      what makes this run different (tasks/run_identity.py); a dir holding another
+                       configuration is refused, naming the differing keys
 
-A run whose metrics.json exists is skipped unless `force`. Under `accelerate launch` every process
-runs this function; the Trainer shards the batches, and only the main process writes files.
+A run whose metrics.json exists is skipped unless `force`, which also deletes the previous outputs.
+Under `accelerate launch` every process runs this function; the Trainer shards the batches, and only the
+main process writes files.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from lsg.atomic import write_json
 from tasks.config import RunConfig
 from tasks.data import load_splits
+from tasks.hardware import resolve
 from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
+from tasks.run_identity import claim_run_dir, identity
+from tasks.tables import paper_values
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,15 @@ def input_length(cfg: RunConfig) -> int:
     return min(cfg.task.max_length, cfg.model.max_length)
 
 
-def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
-    """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off."""
+def _wandb_id(run_dir: Path, forced: bool) -> str:
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16] + (f"-f{int(time.time())}" if forced else "")
+
+
+def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
+    """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off.
+
+    The W&B id follows the run dir (so a resumed run appends to its own W&B run); a forced rerun gets a new id.
+    """
     mode = cfg.logger.resolved_mode()
     if cfg.logger.name == "none" or mode == "disabled":
         return False
@@ -74,9 +87,12 @@ def start_wandb(cfg: RunConfig, run_dir: Path) -> bool:
     import wandb
 
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=cfg.logger.tags,
+    # key:value tags keep the attention (lsg) apart from the model name (lsg_local) in W&B filters
+    tags = [*cfg.logger.tags, f"table:{cfg.group}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+            f"attention:{cfg.model.attention}"]
+    wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=tags,
                name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
-               id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16])
+               id=_wandb_id(run_dir, forced))
     return True
 
 
@@ -136,19 +152,50 @@ def _tokens(dataset: Any) -> int:
     return sum(len(ids) for ids in dataset["input_ids"])
 
 
+def distinguishing_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The knobs that make two runs of one model on one task different experiments (not seeds of one)."""
+    model, trainer = cfg.model, cfg.trainer
+    settings: dict[str, Any] = {"attention": model.attention, "max_length": model.max_length, "tune": trainer.tune,
+                                "do_train": trainer.do_train, "freeze_layers": trainer.freeze_layers,
+                                "max_steps": trainer.max_steps, "precision": trainer.precision,
+                                "epochs": cfg.task.epochs, "learning_rate": cfg.task.learning_rate}
+    if model.attention == "lsg":
+        settings.update({key: getattr(model.lsg, key) for key in ("block_size", "sparse_block_size",
+                                                                  "sparsity_factor", "sparsity_type",
+                                                                  "num_global_tokens")})
+    elif model.attention == "longformer":
+        settings["attention_window"] = model.attention_window
+    elif model.attention == "bigbird":
+        settings.update(bigbird_block_size=model.bigbird_block_size, num_random_blocks=model.num_random_blocks)
+    return settings
+
+
+def with_hardware(cfg: RunConfig) -> RunConfig:
+    """`cfg` with `trainer.device`/`trainer.precision` resolved (tasks/hardware.py): what config.yaml and
+    metrics.json record is what ran, not "auto"."""
+    device, precision = resolve(cfg.trainer.device, cfg.trainer.precision)
+    log.info("device=%s (asked: %s), precision=%s (asked: %s)", device, cfg.trainer.device, precision,
+             cfg.trainer.precision)
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device=device, precision=precision))
+
+
 def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
     run_dir = Path(cfg.run_dir)
     metrics_path = run_dir / "metrics.json"
+    started = time.perf_counter()
+    current = identity(cfg)  # before the hardware is resolved: trainer.precision=auto is what was asked
+    cfg = with_hardware(cfg)
+    # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
+    # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
+    state = PartialState(cpu=cfg.trainer.device == "cpu")
+    if state.is_main_process:
+        claim_run_dir(run_dir, current, force=force)  # raises when the dir holds another configuration
+    state.wait_for_everyone()
     done = None if force else read_record(metrics_path)
     if done is not None:
         log.info("skipping %s: metrics.json exists (+force=true reruns it)", run_dir)
         return done
-    started = time.perf_counter()
-    # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
-    # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
-    state = PartialState(cpu=cfg.trainer.device == "cpu")
-    run_dir.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(cfg.trainer.seed)
     length = input_length(cfg)
     kind = load_kind(cfg.task.kind)
@@ -157,7 +204,8 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         splits = load_splits(cfg.task.data)
         tokenizer = load_tokenizer(cfg.model, length)
         encoded = kind.encode(splits, tokenizer, cfg.task, length)
-    model = build_model(cfg.model, kind.head, tokenizer, **kind.head_kwargs(splits, cfg.task))
+    head = kind.head_kwargs(splits, cfg.task)
+    model = build_model(cfg.model, kind.head, tokenizer, **head)
     # Our heads return a mean loss and ignore `num_items_in_batch`. Left to its heuristic (a forward with
     # **kwargs), the Trainer assumes they sum over items, skips dividing by the accumulation steps and multiplies
     # by the process count: the logged loss and the gradients (hence clipping) came out that many times too large.
@@ -167,7 +215,7 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
-    report_to = "wandb" if start_wandb(cfg, run_dir) else "none"
+    report_to = "wandb" if start_wandb(cfg, run_dir, forced=force) else "none"
     trainer = kind.trainer_class(
         model=model,
         args=training_arguments(cfg, kind, run_dir, report_to),
@@ -202,7 +250,10 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         n_samples=len(encoded[split]), train_seconds=train_seconds, eval_seconds=eval_seconds,
         wall_seconds=time.perf_counter() - started, **counts, run_dir=str(run_dir), device=cfg.trainer.device,
         train_tokens=_tokens(encoded["train"]) * (trainer.state.epoch or 0.0), eval_tokens=_tokens(encoded[split]),
-        processes=state.num_processes,
+        processes=state.num_processes, run_id=cfg.run_id,
+        # the label count and kind too: plots draw a chance line only where it means something
+        settings={**distinguishing_settings(cfg), "num_labels": head.get("num_labels"),
+                  "multi_label": head.get("problem_type") == "multi_label_classification"},
     )
     if state.is_main_process:
         write_json(metrics_path, record)
@@ -210,6 +261,9 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
             import wandb
 
             wandb.run.summary.update({f"{split}/{k}": v for k, v in metrics.items()})
+            # the paper's value beside ours, so a panel can draw both (tasks/paper/<table>.yaml)
+            wandb.run.summary.update({f"paper/{k}": v for k, v in
+                                      paper_values(cfg.group, cfg.model.name, cfg.task.name).items()})
             wandb.finish()
     state.wait_for_everyone()
     return record

@@ -178,3 +178,45 @@ def test_source_model_is_left_unchanged():
     to_bigbird(model, max_length=128, **BIGBIRD)
     assert model.config.max_position_embeddings == 66 and model.config.model_type == "roberta"
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _attention_classes(model, ids, mask):
+    """The self-attention class each BigBird layer ran for one forward (recorded by a probe hook)."""
+    ran = []
+    probes = [layer.attention.register_forward_pre_hook(lambda module, args: ran.append(type(module.self).__name__))
+              for layer in model.base_model.encoder.layer]
+    model(input_ids=ids, attention_mask=mask)
+    for probe in probes:
+        probe.remove()
+    return ran
+
+
+def _short_then_long(model):
+    """A training step on a short batch (full-attention fallback), then the classes run on a long batch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    ids, mask = batch(20)
+    model(input_ids=ids, attention_mask=mask, labels=torch.zeros(2, dtype=torch.long)).loss.backward()
+    optimizer.step()
+    return _attention_classes(model, *batch(112))
+
+
+def test_bigbird_runs_block_sparse_after_a_short_batch():
+    model = to_bigbird(build("roberta", "ForSequenceClassification"), max_length=256, **BIGBIRD)
+    layers = len(model.base_model.encoder.layer)
+    assert _short_then_long(model) == ["BigBirdBlockSparseAttention"] * layers
+    model.eval()
+    with torch.no_grad():  # the fallback itself is kept, for the short call only
+        assert _attention_classes(model, *batch(20)) == ["BigBirdSelfAttention"] * layers
+        assert _attention_classes(model, *batch(112)) == ["BigBirdBlockSparseAttention"] * layers
+
+
+def test_pipeline_keeps_a_bigbird_checkpoint_block_sparse(tmp_path):
+    from tasks.config import ModelConfig
+    from tasks.models import build_model
+
+    source = to_bigbird(build("roberta", "ForSequenceClassification"), max_length=256, **BIGBIRD)
+    source.save_pretrained(tmp_path)  # hooks are not saved: the pipeline must install it again
+    cfg = ModelConfig(name="bigbird", checkpoint=str(tmp_path), attention="original", max_length=256)
+    model = build_model(cfg, "ForSequenceClassification", tokenizer=None, num_labels=2)
+    assert _short_then_long(model) == ["BigBirdBlockSparseAttention"] * len(model.base_model.encoder.layer)

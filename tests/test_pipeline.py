@@ -195,7 +195,8 @@ def test_run_py_sweep_runs_then_skips(tiny_bert, tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     results = sorted(tmp_path.glob("bbc_topic/*/metrics.json"))
-    assert [p.parent.name for p in results] == ["lsg_local-L256-s0", "lsg_norm-L256-s0"]
+    assert [p.parent.name.rsplit("-", 1)[0] for p in results] == ["bbc_topic-lsg_local-L256-s0",
+                                                                  "bbc_topic-lsg_norm-L256-s0"]
     stamps = [p.stat().st_mtime_ns for p in results]
     second = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     assert [p.stat().st_mtime_ns for p in results] == stamps

@@ -68,3 +68,22 @@ def test_report_averages_seeds_and_formats_by_unit(tmp_path: Path):
     assert rows[0].split(",")[:6] == ["task", "model", "max_length", "seeds", "checkpoint", "accuracy"]
     mlm = report(tmp_path / "wiki_mlm-s0")
     assert "| bpc |" in mlm and "| 1.875 |" in mlm and "loss" not in mlm  # bits: three decimals; no loss column
+
+
+def test_record_keeps_the_run_id_and_the_distinguishing_settings():
+    settings = {"attention": "lsg", "block_size": 128, "tune": "all", "do_train": True}
+    record = build_record(metrics={"accuracy": 1.0}, device="cpu", train_tokens=0, eval_tokens=1, run_id="abc12345",
+                          settings=settings, **fields())
+    assert record["run_id"] == "abc12345" and record["settings"] == settings
+    assert build_record(metrics={}, device="cpu", train_tokens=0, eval_tokens=1, **fields())["settings"] == {}
+
+
+@pytest.mark.parametrize(("settings", "classes"), [({"num_labels": 14, "multi_label": False}, 14),
+                                                   ({"num_labels": 10, "multi_label": True}, None), ({}, None)])
+def test_the_chance_line_follows_the_task(settings, classes):
+    """The plot's chance line is 1 / classes of the run's own single-label task, never a fixed 5 classes."""
+    from tasks.report import summarize
+
+    record = build_record(metrics={"accuracy": 50.0}, device="cpu", train_tokens=1, eval_tokens=1,
+                          settings=settings, **fields())
+    assert summarize([record])[0]["_classes"] == classes

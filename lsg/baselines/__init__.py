@@ -10,7 +10,7 @@ transformers, under namespaced names: `attn_implementation="table1_full"`, ... (
 See docs/baselines.md.
 """
 
-from lsg.baselines.bigbird import BIGBIRD_HEADS, to_bigbird
+from lsg.baselines.bigbird import BIGBIRD_HEADS, keep_block_sparse, to_bigbird
 from lsg.baselines.longformer import LONGFORMER_HEADS, first_token_global_mask, to_longformer
 from lsg.baselines.swap import TABLE1_ATTENTIONS, attention_name, swap_attention, tile_model_positions
 
@@ -20,6 +20,7 @@ __all__ = [
     "TABLE1_ATTENTIONS",
     "attention_name",
     "first_token_global_mask",
+    "keep_block_sparse",
     "swap_attention",
     "tile_model_positions",
     "to_bigbird",

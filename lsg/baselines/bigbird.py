@@ -8,8 +8,9 @@ Behaviour of transformers' BigBird to know about (5.23):
 
 * block-sparse attention needs more than (5 + 2 * num_random_blocks) * block_size tokens (704 with the
   paper's 64 / 3); shorter inputs run full attention, which is why the paper's 512 column equals RoBERTa;
-* that fallback is sticky: it calls `set_attention_type("original_full")` on the model. After a short
-  batch, restore it with `model.base_model.set_attention_type("block_sparse")` (or use a fresh model);
+* transformers makes that fallback sticky (it calls `set_attention_type("original_full")` on the model and
+  never switches back); `keep_block_sparse` (installed by `to_bigbird`, and by the pipeline on any BigBird it
+  builds) restores the configured type before every forward, so the fallback holds for that call only;
 * in eval mode the random blocks are deterministic (transformers fixes them), in training they are drawn
   from the global RNG;
 * `BigBirdForSequenceClassification`'s head applies `config.hidden_act` where RoBERTa's/BERT's apply
@@ -18,7 +19,11 @@ Behaviour of transformers' BigBird to know about (5.23):
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 import transformers
+from torch.utils.hooks import RemovableHandle
 from transformers import BigBirdConfig, PreTrainedModel
 
 from lsg.baselines import transfer
@@ -71,4 +76,32 @@ def to_bigbird(model: PreTrainedModel, *, max_length: int = 4096, block_size: in
         if key.endswith("embeddings.position_embeddings.weight"):
             state[key] = transfer.position_rows(state[key], max_length, family.position_offset, 0)
     transfer.load_exactly(target, state, may_miss=("bert.pooler.",))
-    return transfer.finish(target, model)
+    target = transfer.finish(target, model)
+    keep_block_sparse(target)
+    return target
+
+
+def keep_block_sparse(model: PreTrainedModel) -> RemovableHandle:
+    """Run block-sparse attention on every input long enough for it, whatever ran before.
+
+    transformers' `BigBirdModel` switches itself to `original_full` after one input of at most
+    (5 + 2 * num_random_blocks) * block_size tokens and never switches back; with dynamic padding one short
+    batch would make every later step dense. This pre-hook restores the configured type before each forward
+    (short inputs still fall back, for that call only). The swapped attention modules share the Q/K/V
+    Linear layers, so optimizers keep updating the same parameters. Hooks are not saved: call this again on
+    a reloaded model.
+
+    Args:
+        model: a `BigBirdModel` or one of its heads.
+
+    Returns:
+        The hook's handle (`.remove()` restores transformers' behaviour).
+    """
+    base = model.base_model
+    wanted = base.config.attention_type
+
+    def restore(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if module.attention_type != wanted:
+            module.set_attention_type(wanted)
+
+    return base.register_forward_pre_hook(restore, with_kwargs=True)
