@@ -22,7 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from tasks.config import OFFLINE_VARIABLES, to_run_config  # noqa: E402  (also registers the schema with Hydra)
+from lsg.hub import OFFLINE_VARIABLES  # noqa: E402
+from tasks.config import to_run_config  # noqa: E402  (also registers the schema with Hydra)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

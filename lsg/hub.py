@@ -28,6 +28,8 @@ PIPELINE_TAGS = {
     "ForConditionalGeneration": "summarization",
 }
 HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # the ones that block model and tokenizer downloads
+DATASET_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")  # datasets reads HF_DATASETS_OFFLINE first
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # all of them: offline=true
 _CARD = """---
 {card_data}
 ---

@@ -34,7 +34,6 @@ TUNE_MODES = ("all", "global_tokens")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "offline", "online")
 # What `offline=true` sets: huggingface_hub, datasets and transformers each read their own variable at import time.
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 Settings = TypeVar("Settings")

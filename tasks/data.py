@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 
 from lsg.assets import bbc_articles, package_dir
-from lsg.hub import offline_hint
+from lsg.hub import DATASET_VARIABLES, offline_hint
 from lsg.registry import Registry
 from tasks.config import DataConfig
 
@@ -67,8 +67,8 @@ def _load_hub(data: DataConfig) -> datasets.DatasetDict:
         return datasets.load_dataset(data.hub_id, data.config_name)
     except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, offline mode all land here
         config = f", config {data.config_name!r}" if data.config_name else ""
-        # datasets reads HF_DATASETS_OFFLINE first; either variable alone blocks the download.
-        cause = offline_hint(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")) or f"{type(error).__name__}: {str(error)[:200]}"
+        # Either variable alone blocks the download (datasets reads HF_DATASETS_OFFLINE first).
+        cause = offline_hint(DATASET_VARIABLES) or f"{type(error).__name__}: {str(error)[:200]}"
         raise DatasetUnavailableError(
             f"could not load hub dataset {data.hub_id!r}{config}: {cause}\n"
             f"If the hub is unreachable from here, download the splits elsewhere and point the task at them:\n"
