@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from lsg.hub import OFFLINE_VARIABLES  # noqa: E402
+from lsg.hub import go_offline  # noqa: E402
 from tasks.config import to_run_config  # noqa: E402  (also registers the schema with Hydra)
 
 
@@ -31,9 +31,8 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         force = bool(cfg.pop("force", False))  # `+force=true`: not part of the schema
     run_cfg = to_run_config(cfg)
-    if run_cfg.offline:  # before tasks.train imports huggingface_hub, datasets and transformers, which read them once
-        for name in OFFLINE_VARIABLES:
-            os.environ[name] = "1"
+    if run_cfg.offline:
+        go_offline()
     from tasks.train import run  # after validation: a bad config fails before torch is imported
 
     run(run_cfg, force=force)
