@@ -37,7 +37,7 @@ from lsg.atomic import write_json
 from tasks.config import RunConfig
 from tasks.data import load_splits
 from tasks.hardware import resolve
-from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
+from tasks.models import apply_tuning, attention_label, build_model, is_head_parameter, load_tokenizer
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
 from tasks.run_identity import claim_run_dir, identity
@@ -74,10 +74,11 @@ def _wandb_id(run_dir: Path, forced: bool) -> str:
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16] + (f"-f{int(time.time())}" if forced else "")
 
 
-def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
+def start_wandb(cfg: RunConfig, run_dir: Path, *, attention: str, forced: bool = False) -> bool:
     """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off.
 
     The W&B id follows the run dir (so a resumed run appends to its own W&B run); a forced rerun gets a new id.
+    `attention` is the attention computed (tasks.models.attention_label), tagged `attention:<name>`.
     """
     mode = cfg.logger.resolved_mode()
     if cfg.logger.name == "none" or mode == "disabled":
@@ -89,7 +90,7 @@ def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
     # key:value tags keep the attention (lsg) apart from the model name (lsg_local) in W&B filters
     tags = [*cfg.logger.tags, f"table:{cfg.group}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
-            f"attention:{cfg.model.attention}"]
+            f"attention:{attention}"]
     wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=tags,
                name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
                id=_wandb_id(run_dir, forced))
@@ -215,7 +216,8 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
-    report_to = "wandb" if start_wandb(cfg, run_dir, forced=force) else "none"
+    logging_to_wandb = start_wandb(cfg, run_dir, attention=attention_label(cfg.model, model), forced=force)
+    report_to = "wandb" if logging_to_wandb else "none"
     trainer = kind.trainer_class(
         model=model,
         args=training_arguments(cfg, kind, run_dir, report_to),
