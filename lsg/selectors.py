@@ -140,7 +140,9 @@ def select_norm(inputs: SelectorInputs) -> SparseTokens:
     with torch.no_grad():  # the choice is discrete; gradients flow through the gathered keys/values
         scores = inputs.keys.to(torch.promote_types(inputs.keys.dtype, torch.float32)).norm(dim=-1)
         scores = scores * inputs.valid[:, None]
-        top = scores.view(B, H, T // chunk, chunk).topk(keep, dim=-1).indices
+        # Kept in sequence order, as every other selector keeps its entries: a sparse window whose width is not
+        # a multiple of B'/f ends inside a chunk, and must then take the same keys as the reference (design §3.4).
+        top = scores.view(B, H, T // chunk, chunk).topk(keep, dim=-1).indices.sort(dim=-1).values
         offsets = torch.arange(0, T, chunk, device=top.device).view(1, 1, -1, 1)
         index = (top + offsets).view(B, H, -1)
     return _gather_tokens(inputs, index)

@@ -197,3 +197,15 @@ def test_dropout_is_applied_only_in_training():
     torch.testing.assert_close(evaluation, lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3))
     trained = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3, dropout=0.5, training=True)
     assert not torch.allclose(trained, evaluation)
+
+
+@pytest.mark.parametrize("tokens", [17, 24])
+def test_norm_window_ending_inside_a_chunk_takes_the_keys_in_sequence_order(tokens):
+    """sbs = 5 with B'/f = 2 kept keys per chunk: each sparse window ends halfway through a chunk's kept keys, so the
+    kernel must order them as the reference does (by position). Ordered by score, 19 of 20 seeds disagreed."""
+    settings = LSGSettings(block_size=4, sparse_block_size=5, sparsity_factor=2, sparsity_type="norm",
+                           num_global_tokens=2)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        fast, reference = run_both(settings, tokens, pad=5, heads=2)
+        torch.testing.assert_close(fast, reference, atol=3e-6, rtol=0)
