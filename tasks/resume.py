@@ -32,11 +32,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from lsg.atomic import staged_file
+from tasks.run_identity import INCOMPLETE_DIR
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # the Trainer's own name (transformers.trainer.TRAINER_STATE_NAME)
-INCOMPLETE_DIR = "incomplete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

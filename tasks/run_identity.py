@@ -40,8 +40,9 @@ NOT_IDENTITY = (
 )
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = "run.lock"
+INCOMPLETE_DIR = "incomplete"  # where tasks/resume.py moves checkpoints a kill left half written
 # What a forced rerun deletes: a rerun must not resume from, or report, the previous configuration's files.
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.json", "train_log.jsonl", IDENTITY_FILE)
+RUN_OUTPUTS = ("checkpoints", INCOMPLETE_DIR, "final", "metrics.json", "train_log.jsonl", IDENTITY_FILE)
 
 
 class RunDirConflictError(RuntimeError):

@@ -4,8 +4,10 @@ Run dir layout (`runs/<experiment or task>/<task>-<model>-L<length>-s<seed>-<run
     config.yaml        resolved config (Hydra keeps the unresolved one in .hydra/)
     metrics.json       the result record (tasks/report.py), written atomically, rank 0 only
     train_log.jsonl    one line per logging step: step, epoch, loss, learning_rate, ms/step
-    checkpoints/       HF Trainer checkpoints; a killed run resumes from the last one
-    final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint
+    checkpoints/       HF Trainer checkpoints; a killed run resumes from the last complete one (tasks/resume.py)
+    incomplete/        checkpoints a kill left half written, moved aside
+    final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint; atomic
+    run.lock           flock held by the running process (tasks/run_identity.py: one run per directory)
     wandb/             W&B files (offline runs sync later with `wandb sync`)
     identity.json      what makes this run different (tasks/run_identity.py); a dir holding another
                        configuration is refused, naming the differing keys

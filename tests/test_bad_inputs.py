@@ -282,3 +282,66 @@ def test_convert_cli_refuses_before_loading(model, out, extra, expect, tmp_path,
         main(["--model", model, "--out", str(tmp_path / out), *extra])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and expect in error
+
+
+# --- legal but suspicious data: warnings, not errors ------------------------------------------------------------
+
+def _task(tmp_path: Path, rows: dict[str, list], **fields):
+    from tasks.config import DataConfig, TaskConfig
+
+    for split, split_rows in rows.items():
+        (tmp_path / f"{split}.jsonl").write_text(_jsonl(split_rows))
+    return TaskConfig(name="local", kind="classification", metric="accuracy", **fields,
+                      data=DataConfig(path=str(tmp_path)))
+
+
+def test_suspicious_data_warns(tmp_path, caplog):
+    from tasks.data_checks import check_data_files
+
+    train = [{"text": "a b", "label": 0.0}, {"text": "  ", "label": 1.0}, {"text": "c", "label": 0}]
+    task = _task(tmp_path, {"train": train, "test": [{"text": "d", "label": 1}]}, num_labels=4)
+    with caplog.at_level("WARNING"):
+        check_data_files(task)
+    warned = " | ".join(record.getMessage() for record in caplog.records)
+    assert "2 labels are floats" in warned and "train.jsonl:1" in warned
+    assert "classes [2, 3] never occur in the training split" in warned
+    assert "1 of 3 rows have an empty 'text'" in warned and "train.jsonl:2" in warned
+
+
+def test_good_data_passes_silently(tmp_path, caplog):
+    from tasks.data_checks import check_data_files
+
+    rows = {split: [{"text": f"{split} {i}", "label": ["sport", "tech"][i % 2]} for i in range(4)]
+            for split in ("train", "validation", "test")}
+    with caplog.at_level("WARNING"):
+        check_data_files(_task(tmp_path, rows))
+    assert not caplog.records
+
+
+def test_builder_splits_are_checked_with_their_class_labels():
+    from tasks.config import ConfigError, DataConfig, TaskConfig
+    from tasks.data import build_bbc_topic
+    from tasks.data_checks import check_splits
+
+    splits = build_bbc_topic()
+
+    def task(**fields) -> TaskConfig:
+        return TaskConfig(name="bbc_topic", kind="classification", metric="accuracy",
+                          data=DataConfig(builder="bbc_topic", **fields))
+
+    check_splits(splits, task())
+    with pytest.raises(ConfigError, match=r"split 'train' has no 'topic' column \(task.data.label_field='topic'\)"):
+        check_splits(splits, task(label_field="topic"))
+
+
+@pytest.mark.slow
+def test_run_py_prints_one_line_and_exits_2(tmp_path):
+    """The real CLI: no Hydra traceback above the message, exit status 2, nothing but Hydra's own .hydra/ written."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "run.py", "logger=none", f"runs_dir={tmp_path}", "trainer.seed=-1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: trainer.seed=-1 is out of range: it must be in [0, 4294967295]"]
+    assert {p.name for p in tmp_path.rglob("*") if p.is_file()} <= {"config.yaml", "hydra.yaml", "overrides.yaml"}

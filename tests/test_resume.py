@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.resume import INCOMPLETE_DIR, TrainClock, finished, resumable_checkpoint, trainer_state, trim_log
-from tasks.run_identity import LOCK_FILE, RunDirInUseError, hold_run_dir
+from tasks.resume import TrainClock, finished, resumable_checkpoint, trainer_state, trim_log
+from tasks.run_identity import INCOMPLETE_DIR, LOCK_FILE, RunDirInUseError, hold_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
