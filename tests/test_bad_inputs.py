@@ -344,4 +344,5 @@ def test_run_py_prints_one_line_and_exits_2(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: trainer.seed=-1 is out of range: it must be in [0, 4294967295]"]
-    assert {p.name for p in tmp_path.rglob("*") if p.is_file()} <= {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"config.yaml", "hydra.yaml", "overrides.yaml", "run.log"}  # Hydra's, before main() runs
