@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         force = bool(cfg.pop("force", False))  # `+force=true`: not part of the schema
     try:
-        run_cfg = validate(cfg)  # sets the offline variables before transformers, datasets and the hub client load
+        run_cfg = validate(cfg)  # offline=true takes effect in there, before the checkpoint config is read
     except ConfigError as error:
         fail(error, 2)
     from tasks.train import run  # after validation: a bad config fails before the training stack is imported

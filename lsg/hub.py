@@ -77,6 +77,25 @@ def is_local_path(name: str | Path) -> bool:
             or (len(text) > 2 and text[1] == ":" and text[2] in "/\\"))
 
 
+def go_offline() -> None:
+    """Never contact the hub again in this process: models, tokenizers and datasets load from local files only.
+
+    Sets OFFLINE_VARIABLES for child processes, and the flags huggingface_hub and datasets already derived from
+    them: both read the variables once, at import, and importing lsg imports them, so the variables alone would
+    change nothing here (every load would still retry the network for ~25 s before failing).
+    """
+    import sys
+
+    import huggingface_hub.constants
+
+    for name in OFFLINE_VARIABLES:
+        os.environ[name] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:  # imported later, it reads the variables itself
+        datasets_config = sys.modules["datasets"].config
+        datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = True
+
+
 def offline_hint(variables: tuple[str, ...] = HUB_VARIABLES) -> str:
     """A sentence naming the offline variables that are set (and so blocked a download), or "" if none is.
 

@@ -288,7 +288,7 @@ class RunConfig:
     run_id: str = MISSING  # ${lsg_run_id:}: hash of what makes this run different (tasks/run_identity.py)
     run_name: str = MISSING
     run_dir: str = MISSING
-    offline: bool = False  # true: never contact the hub (sets OFFLINE_VARIABLES before anything loads)
+    offline: bool = False  # true: never contact the hub (lsg.hub.go_offline, before anything loads)
 
     def __post_init__(self) -> None:
         if MISSING in (self.task.name, self.model.name, self.trainer.name):  # schema defaults

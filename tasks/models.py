@@ -137,6 +137,20 @@ def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderD
     return model
 
 
+# Model types whose own attention is sparse: a public Longformer or BigBird checkpoint run with attention=original.
+_SPARSE_MODEL_TYPES = {"longformer": "longformer", "big_bird": "bigbird"}
+
+
+def attention_label(cfg: ModelConfig, model: PreTrainedModel) -> str:
+    """The attention a run computes, for W&B tags: `attention=original` resolves to the checkpoint's own
+    (`longformer`, `bigbird`, else `full`), so a dashboard filter on `attention:longformer` finds the public
+    Longformer checkpoint as well as the one converted from RoBERTa."""
+    if cfg.attention != "original":
+        return cfg.attention
+    config = getattr(model.config, "encoder", model.config)  # encoder-decoders: the encoder reads the document
+    return _SPARSE_MODEL_TYPES.get(config.model_type, "full")
+
+
 def is_head_parameter(model: PreTrainedModel, name: str) -> bool:
     """Whether a parameter belongs to the task head: outside the base model, or its pooler."""
     return not name.startswith(f"{model.base_model_prefix}.") or ".pooler." in name

@@ -16,7 +16,6 @@ Each raises `ConfigError`; `run.py` prints it as one line and exits with status 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,16 @@ from tasks.config import ConfigError, RunConfig, to_run_config
 def validate(cfg: Any) -> RunConfig:
     """The composed Hydra config as a `RunConfig`, after every check that needs no weights.
 
-    `offline=true` takes effect here, before transformers, datasets or huggingface_hub is imported (each
-    reads its offline variable once, at import).
+    `offline=true` takes effect here (`lsg.hub.go_offline`), before the checkpoint's config is read.
 
     Raises:
         ConfigError: the first problem found.
     """
     run_cfg = to_run_config(cfg)
     if run_cfg.offline:
-        from lsg.hub import OFFLINE_VARIABLES
+        from lsg.hub import go_offline
 
-        for name in OFFLINE_VARIABLES:
-            os.environ[name] = "1"
+        go_offline()
     check_run(run_cfg)
     return run_cfg
 

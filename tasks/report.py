@@ -49,20 +49,29 @@ def check_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in RECORD_KEYS}
 
 
-def git_revision() -> str | None:
-    """The checked-out commit, read from .git without running git (None outside a checkout)."""
-    head = REPO / ".git" / "HEAD"
+def git_revision(repo: Path = REPO) -> str | None:
+    """The checked-out commit, read from .git without running git (None outside a checkout).
+
+    In a linked worktree `.git` is a file naming the worktree's own git directory, which holds HEAD; branch refs
+    live in the main repository's directory (named by its `commondir` file).
+    """
+    git = repo / ".git"
+    if git.is_file():
+        git = (repo / git.read_text().strip().removeprefix("gitdir: ")).resolve()
+    head = git / "HEAD"
     if not head.exists():
         return None
     ref = head.read_text().strip()
     if not ref.startswith("ref: "):
         return ref
-    loose = REPO / ".git" / ref[5:]
-    if loose.exists():
-        return loose.read_text().strip()
-    packed = REPO / ".git" / "packed-refs"
+    common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").exists() else git
+    for directory in dict.fromkeys((git, common)):
+        loose = directory / ref[5:]
+        if loose.exists():
+            return loose.read_text().strip()
+    packed = common / "packed-refs"
     for line in packed.read_text().splitlines() if packed.exists() else []:
-        if line.endswith(ref[5:]):
+        if line.endswith(" " + ref[5:]):
             return line.split()[0]
     return None
 
@@ -157,8 +166,18 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Every public column of `rows` (runs of different kinds have different metrics): the metrics stay together
+    after the identity columns, then speed and time, each group in first-seen order."""
+    seen = [c for c in dict.fromkeys(c for row in rows for c in row) if not c.startswith("_")]
+    metrics = set(METRICS.names())
+    first_metric = next((i for i, c in enumerate(seen) if c in metrics), len(seen))
+    others = [c for c in seen if c not in metrics]
+    return others[:first_metric] + [c for c in seen if c in metrics] + others[first_metric:]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    columns = [c for c in rows[0] if not c.startswith("_")] if rows else []
+    columns = columns_of(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "—")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
@@ -200,9 +219,9 @@ def report(root: Path) -> str:
     rows = summarize(records)
     table = markdown(rows)
     (root / "results.md").write_text(table + "\n", encoding="utf-8")
-    columns = [c for c in rows[0] if not c.startswith("_")]
+    columns = columns_of(rows)
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="—")
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, root / "results.png")

@@ -40,7 +40,7 @@ from tasks.config import RunConfig
 from tasks.data import load_splits
 from tasks.data_checks import check_splits
 from tasks.hardware import resolve
-from tasks.models import apply_tuning, build_model, is_head_parameter, load_tokenizer
+from tasks.models import apply_tuning, attention_label, build_model, is_head_parameter, load_tokenizer
 from tasks.preflight import check_run
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
@@ -79,10 +79,11 @@ def _wandb_id(run_dir: Path, forced: bool) -> str:
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16] + (f"-f{int(time.time())}" if forced else "")
 
 
-def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
+def start_wandb(cfg: RunConfig, run_dir: Path, *, attention: str, forced: bool = False) -> bool:
     """Start the W&B run on the main process (project/group/tags from logger.*); False when logging is off.
 
     The W&B id follows the run dir (so a resumed run appends to its own W&B run); a forced rerun gets a new id.
+    `attention` is the attention computed (tasks.models.attention_label), tagged `attention:<name>`.
     """
     mode = cfg.logger.resolved_mode()
     if cfg.logger.name == "none" or mode == "disabled":
@@ -94,7 +95,7 @@ def start_wandb(cfg: RunConfig, run_dir: Path, *, forced: bool = False) -> bool:
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
     # key:value tags keep the attention (lsg) apart from the model name (lsg_local) in W&B filters
     tags = [*cfg.logger.tags, f"table:{cfg.group}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
-            f"attention:{cfg.model.attention}"]
+            f"attention:{attention}"]
     wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=tags,
                name=cfg.run_name, dir=str(run_dir), mode=mode, config=dataclasses.asdict(cfg), resume="allow",
                id=_wandb_id(run_dir, forced))
@@ -237,7 +238,8 @@ def _run_held(cfg: RunConfig, state: PartialState, current: dict[str, Any], star
 
     saved = trainer_state(last) if last else None
     clock = TrainClock.resumed_from(saved)
-    report_to = "wandb" if start_wandb(cfg, run_dir, forced=force) else "none"
+    logging_to_wandb = start_wandb(cfg, run_dir, attention=attention_label(cfg.model, model), forced=force)
+    report_to = "wandb" if logging_to_wandb else "none"
     trainer = kind.trainer_class(
         model=model,
         args=training_arguments(cfg, kind, run_dir, report_to),

@@ -91,3 +91,18 @@ def test_original_attention_refuses_lengths_past_the_encoder_positions(model_con
     assert _build(model_config(*overrides, "model.max_length=128"), num_labels=2).config.max_position_embeddings == 128
     with pytest.raises(ValueError, match=r"model.max_length=129 exceeds .*\(128 positions\)"):
         _build(model_config(*overrides, "model.max_length=129"), num_labels=2)
+
+
+@pytest.mark.parametrize(("model", "config_class", "expected"), [
+    ("longformer", "LongformerConfig", "longformer"), ("bigbird", "BigBirdConfig", "bigbird"),
+    ("truncated", "BertConfig", "full"), ("lsg_norm", "BertConfig", "lsg")])
+def test_the_attention_tag_names_what_the_checkpoint_computes(model_config, model, config_class, expected):
+    """Public Longformer/BigBird checkpoints run with attention=original; their W&B tag must still say which."""
+    import transformers
+
+    from tasks.models import attention_label
+
+    config = getattr(transformers, config_class)(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=37, vocab_size=99)
+    tiny = transformers.AutoModel.from_config(config)
+    assert attention_label(model_config(f"model={model}", "task=bbc_longdoc"), tiny) == expected

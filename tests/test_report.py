@@ -87,3 +87,39 @@ def test_the_chance_line_follows_the_task(settings, classes):
     record = build_record(metrics={"accuracy": 50.0}, device="cpu", train_tokens=1, eval_tokens=1,
                           settings=settings, **fields())
     assert summarize([record])[0]["_classes"] == classes
+
+
+def test_the_table_has_every_runs_columns_whatever_comes_first(tmp_path: Path):
+    """A classification run read before an MLM run must not hide the MLM run's bpc column (nor the reverse)."""
+    for task, metrics in (("bbc_longdoc", {"accuracy": 60.0}), ("wiki_mlm", {"bpc": 1.5})):
+        record = build_record(metrics=metrics, device="cpu", train_tokens=1, eval_tokens=1, **fields(task=task))
+        write_json(tmp_path / task / "metrics.json", record)
+    table = report(tmp_path)
+    header = table.splitlines()[0]
+    assert "| accuracy |" in header and "| bpc |" in header
+    assert "| wiki_mlm | lsg_norm | 4096 | 1 | minilm | — | 1.500 |" in table
+    csv_header = (tmp_path / "results.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert "accuracy" in csv_header and "bpc" in csv_header
+
+
+def test_git_revision_reads_a_linked_worktree(tmp_path: Path):
+    """In a worktree .git is a file; HEAD lives in the worktree's git dir and branch refs in the common dir."""
+    from tasks.report import git_revision
+
+    common = tmp_path / "repo" / ".git"
+    (common / "refs" / "heads").mkdir(parents=True)
+    (common / "refs" / "heads" / "main").write_text("a" * 40 + "\n")
+    (common / "packed-refs").write_text("# pack-refs\n" + "b" * 40 + " refs/heads/feature\n")
+    own = common / "worktrees" / "wt"
+    own.mkdir(parents=True)
+    (own / "commondir").write_text("../..\n")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / ".git").write_text(f"gitdir: {own}\n")
+    (own / "HEAD").write_text("ref: refs/heads/main\n")
+    assert git_revision(worktree) == "a" * 40
+    (own / "HEAD").write_text("ref: refs/heads/feature\n")
+    assert git_revision(worktree) == "b" * 40
+    (own / "HEAD").write_text("c" * 40 + "\n")  # detached
+    assert git_revision(worktree) == "c" * 40
+    assert git_revision(tmp_path / "nowhere") is None

@@ -163,5 +163,20 @@ def test_run_py_offline_true_blocks_the_hub_and_says_which_variable(tmp_path):
                f"runs_dir={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env={**_clean_env(), "HYDRA_FULL_ERROR": "1"},
                             capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "HF_DATASETS_OFFLINE=1" in result.stderr and "coastalcph/lex_glue" in result.stderr
+    # the checkpoint's config is read (and refused) before any data: one line naming it and the variable
+    assert result.returncode == 2
+    assert "model.checkpoint='roberta-base'" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
+
+
+def test_go_offline_takes_effect_after_the_hub_libraries_were_imported():
+    """offline=true runs after `import lsg` imported huggingface_hub and datasets, which read the variables at import:
+    the loads must still fail at once offline, without retrying the network."""
+    code = ("import lsg, datasets, transformers\nfrom lsg.hub import go_offline\ngo_offline()\n"
+            "for load in (lambda: transformers.AutoConfig.from_pretrained('roberta-base'),\n"
+            "             lambda: datasets.load_dataset('stanfordnlp/imdb')):\n"
+            "    try:\n        load()\n    except Exception as error:\n        print(type(error).__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_clean_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["OSError", "ConnectionError"]
+    assert "Retrying" not in result.stderr  # the network was never tried
