@@ -10,11 +10,15 @@ so the final `os.replace` is a rename, not a copy), then swapped in:
   one deleted: a crash before the swap leaves the old directory untouched.
 
 A failure while writing (an exception, a Ctrl-C) removes the staging path and re-raises; nothing is left
-behind but the untouched old file or directory.
+behind but the untouched old file or directory. A kill -9 cannot clean up: staging directories carry the
+writer's pid (`.<name>.new.<pid>.<tag>`, `.<name>.old.<pid>.<tag>`), and `clear_stale_staging` (run by every
+`staged_directory`) deletes those of dead writers, after putting back an old directory a kill left renamed
+aside between the two renames.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -73,8 +77,9 @@ def staged_directory(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new.", dir=path.parent))
-    retired = path.parent / f".{path.name}.old.{staging.name.rsplit('.', 1)[-1]}"  # same random tag: no clash
+    clear_stale_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new.{os.getpid()}.", dir=path.parent))
+    retired = path.parent / f".{path.name}.old.{staging.name.removeprefix(f'.{path.name}.new.')}"  # same tag
     try:
         yield staging
         if path.exists():
@@ -88,3 +93,40 @@ def staged_directory(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only still there when writing or the swap failed
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _writer_alive(name: str, prefix: str) -> bool:
+    """Whether the pid in a staging name `<prefix><pid>.<tag>` is a live process (False for other names)."""
+    pid = name.removeprefix(prefix).split(".", 1)[0]
+    if not pid.isdigit():
+        return False  # written before staging names carried the pid: its writer is long gone
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clear_stale_staging(path: Path) -> None:
+    """Remove the staging directories a killed `staged_directory(path)` left beside `path`.
+
+    A `.old.` directory is the previous `path`, renamed aside just before the new one was renamed in: if the
+    kill fell between the two renames, `path` is missing and that directory is put back instead of deleted.
+    Directories of a live writer are left alone.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for kind in ("old", "new"):  # old first: a restored directory must not be a new one's leftover
+        prefix = f".{path.name}.{kind}."
+        for stale in sorted(path.parent.glob(f"{glob.escape(prefix)}*")):
+            if not stale.is_dir() or _writer_alive(stale.name, prefix):
+                continue
+            if kind == "old" and not path.exists():
+                os.replace(stale, path)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)

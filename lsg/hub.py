@@ -69,6 +69,14 @@ architecture": install the package and import it first. Inputs longer than {max_
 """
 
 
+def is_local_path(name: str | Path) -> bool:
+    """Whether a model name means a local path rather than a hub id: it exists, or it is spelled like a path
+    (absolute, `./`, `../`, `~`, a drive letter). A missing path must fail as such, not as a hub lookup."""
+    text = str(name)
+    return (Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~", "\\"))
+            or (len(text) > 2 and text[1] == ":" and text[2] in "/\\"))
+
+
 def go_offline() -> None:
     """Never contact the hub again in this process: models, tokenizers and datasets load from local files only.
 

@@ -13,6 +13,7 @@ The classes are generated rather than written out because they differ only by th
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -118,6 +119,57 @@ def _is_authors_checkpoint(config: dict[str, Any]) -> bool:
     return config.get("base_model_prefix") == LSG_MARKER or any("LSG" in name for name in architectures)
 
 
+# What `save_pretrained` writes, single file or sharded (the index names its shards).
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+
+
+def _safetensors_complete(file: Path) -> bool:
+    """Whether a .safetensors file is whole: its header parses and its last tensor ends at the file's end."""
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return False
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    return 8 + size + max(ends, default=0) == file.stat().st_size
+
+
+def check_complete_save(path: str | Path) -> None:
+    """Raise unless the local directory `path` holds a complete `save_pretrained` (config + all weights).
+
+    A save cut short (a killed conversion or run, a copy in progress) has a config but missing or truncated
+    weights; loading it would fail deep inside transformers, or worse, re-initialise the missing tensors.
+
+    Raises:
+        ValueError: naming the directory and what is missing or truncated.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} holds no complete save: config.json is missing")
+    present = [name for name in _WEIGHT_FILES if (path / name).is_file()]
+    if not present:
+        raise ValueError(f"{path} holds no complete save: no weights ({' or '.join(_WEIGHT_FILES[::2])}); "
+                         "was it saved by save_pretrained, or interrupted while saving?")
+    files = [path / present[0]]
+    if present[0].endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(files[0].read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{files[0]} is unreadable ({error}); save the model again") from None
+        files = [path / shard for shard in shards]
+    for file in files:
+        if not file.is_file() or (file.suffix == ".safetensors" and not _safetensors_complete(file)):
+            raise ValueError(f"{path} holds no complete save: {file.name} is missing or truncated; "
+                             "save (or convert) the model again")
+
+
 def _read_config(path: str | Path) -> tuple[PretrainedConfig, bool]:
     """(LSG config, whether it comes from the authors' converter) of a checkpoint; ValueError if not LSG.
 
@@ -128,7 +180,7 @@ def _read_config(path: str | Path) -> tuple[PretrainedConfig, bool]:
     config_dict, _ = PretrainedConfig.get_config_dict(str(path))
     model_type = str(config_dict.get("model_type", ""))
     if model_type.startswith("lsg_"):
-        return AutoConfig.from_pretrained(path), False
+        return AutoConfig.from_pretrained(path, trust_remote_code=False), False
     if not _is_authors_checkpoint(config_dict):
         raise ValueError(
             f"{path} holds a {model_type!r} checkpoint, not an LSG one; convert it with lsg.convert first"
@@ -152,7 +204,14 @@ def load(path: str | Path, *, architecture: str | None = None, **kwargs: Any) ->
         path: the saved directory or hub id.
         architecture: head class to build instead of the saved one, e.g. "BertForSequenceClassification".
         **kwargs: passed to `from_pretrained` (dtype, attn_implementation="lsg_reference", num_labels, ...).
+
+    Raises:
+        ValueError: `path` is a local directory without a complete save (`check_complete_save`), is not an
+            LSG checkpoint, or (authors' checkpoints) its weights do not map onto this library's classes.
     """
+    if Path(path).expanduser().exists():
+        check_complete_save(path)
+    kwargs.setdefault("trust_remote_code", False)  # these classes are local: never run a checkpoint's own code
     config, from_authors = _read_config(path)
     family = family_of(config)
     saved = (config.architectures or [f"{family.name}Model"])[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lsg.validation import check_choice, check_int
+from lsg.validation import check_bool, check_choice, check_int
 
 SPARSITY_TYPES: tuple[str, ...] = ("none", "stride", "block_stride", "pooling", "norm", "lsh", "bos_pooling")
 MAX_GLOBAL_TOKENS = 512  # rows of the global-embedding table (design §2.3)
@@ -65,6 +65,8 @@ class LSGSettings:
         check_int("num_global_tokens", self.num_global_tokens, 1, MAX_GLOBAL_TOKENS)
         check_int("lsh_num_pre_rounds", self.lsh_num_pre_rounds, 0)
         check_int("lsh_seed", self.lsh_seed, 0)
+        for name in ("mask_first_token", "pool_with_global", "adaptive"):
+            check_bool(name, getattr(self, name))
         if self.mask_first_token and not self.pool_with_global:
             raise ValueError(
                 "mask_first_token=True needs pool_with_global=True: the first token is hidden as a key, so its "

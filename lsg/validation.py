@@ -39,6 +39,12 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     check_range(name, value, low, high, hint=hint)
 
 
+def check_bool(name: str, value: Any) -> None:
+    """Raise unless `value` is a bool: "yes", 1 or "false" would otherwise be saved in configs as given."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
+
+
 def check_choice(name: str, value: Any, allowed: Collection[Any]) -> None:
     """Raise unless `value` is one of `allowed`, listing them in the message."""
     if value not in allowed:

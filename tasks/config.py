@@ -2,8 +2,10 @@
 
 Hydra composes `conf/config.yaml` on top of `RunConfig` (type errors fail at composition), then
 `run.py` turns the result into these dataclasses once with `OmegaConf.to_object`: every
-`__post_init__` below runs before any model or data is touched, and raises a `ValueError` naming the
-parameter, the bad value and what is accepted. Nothing downstream sees a `DictConfig`.
+`__post_init__` below runs before any model or data is touched, and raises a `ConfigError` (a
+`ValueError`) naming the parameter, the bad value and what is accepted; `run.py` prints it as one line.
+The checks that need the checkpoint's config or the data files follow in `tasks/preflight.py`, still
+before any weight loads. Nothing downstream sees a `DictConfig`.
 
 `model.lsg` and `model.conversion` are not written out here: their fields are those of the library's
 `lsg.LSGSettings` and `lsg.ConversionSettings`, copied programmatically, and checked by those classes.
@@ -22,7 +24,7 @@ from omegaconf import MISSING, OmegaConf
 
 from lsg.convert import ConversionSettings
 from lsg.settings import LSGSettings
-from lsg.validation import check_choice, check_range
+from lsg.validation import check_choice, check_int, check_range
 from tasks import run_identity
 from tasks.hardware import DEVICES, PRECISIONS
 
@@ -37,6 +39,11 @@ WANDB_MODES = ("auto", "offline", "online")
 
 
 Settings = TypeVar("Settings")
+SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers.set_seed feeds
+
+
+class ConfigError(ValueError):
+    """A bad run configuration or input file, found before any weight loads: one line naming what to fix."""
 
 
 def _schema_of(settings_class: type, name: str) -> type:
@@ -127,6 +134,11 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                check_int(f"task.data.{name}", getattr(self, name), 1, hint="null keeps every row")
+
     def has_source(self) -> bool:
         return bool(self.hub_id or self.path or self.builder)
 
@@ -143,6 +155,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         check_range("task.generation.num_beams", self.num_beams, 1)
         check_range("task.generation.max_target_length", self.max_target_length, 1)
+        check_range("task.generation.min_length", self.min_length, 0, self.max_target_length)
 
 
 @dataclass
@@ -178,6 +191,11 @@ class TaskConfig:
         check_range("task.max_length", self.max_length, 8)
         check_range("task.batch_size", self.batch_size, 1)
         check_range("task.learning_rate", self.learning_rate, 0.0)
+        if self.head_learning_rate is not None:
+            check_range("task.head_learning_rate", self.head_learning_rate, 0.0)
+        check_range("task.weight_decay", self.weight_decay, 0.0)
+        if self.num_labels is not None:
+            check_int("task.num_labels", self.num_labels, 1, hint="null takes the count from the data")
         check_range("task.warmup_ratio", self.warmup_ratio, 0.0, 0.999)
         check_range("task.threshold", self.threshold, 0.0, 1.0)
         check_range("task.mlm_probability", self.mlm_probability, 0.0, 1.0)
@@ -217,6 +235,14 @@ class TrainerConfig:
         check_range("trainer.per_device_batch_size", self.per_device_batch_size, 1)
         check_range("trainer.freeze_layers", self.freeze_layers, 0)
         check_range("trainer.save_steps", self.save_steps, 1)
+        check_int("trainer.seed", self.seed, 0, SEED_MAX)
+        check_range("trainer.logging_steps", self.logging_steps, 1)
+        if self.eval_batch_size is not None:
+            check_range("trainer.eval_batch_size", self.eval_batch_size, 1, hint="null uses per_device_batch_size")
+        if self.max_steps != -1:
+            check_range("trainer.max_steps", self.max_steps, 1, hint="-1 trains task.epochs epochs")
+        check_range("trainer.save_total_limit", self.save_total_limit, 1)
+        check_range("trainer.dataloader_workers", self.dataloader_workers, 0)
         if self.device == "cpu" and self.precision == "fp16":
             raise ValueError("trainer.precision=fp16 needs trainer.device=cuda; use fp32 or bf16 on CPU")
         if self.tune == "global_tokens" and self.freeze_layers:
@@ -279,6 +305,9 @@ class RunConfig:
         if self.trainer.freeze_layers and self.model.architecture != "encoder":
             raise ValueError(f"trainer.freeze_layers={self.trainer.freeze_layers} applies to encoder models; "
                              f"model={self.model.name} is {self.model.architecture}: use trainer.freeze_layers=0")
+        if self.trainer.do_train and self.trainer.max_steps == -1 and self.task.epochs <= 0:
+            raise ValueError(f"task.epochs={self.task.epochs} is out of range: it must be > 0 (it sets the training "
+                             "length while trainer.max_steps=-1); trainer.do_train=false only evaluates")
         if self.task.batch_size % self.trainer.per_device_batch_size:
             raise ValueError(f"trainer.per_device_batch_size={self.trainer.per_device_batch_size} must divide "
                              f"task.batch_size={self.task.batch_size} (gradient accumulation makes up the rest)")
@@ -304,8 +333,15 @@ def register_configs() -> None:
 
 
 def to_run_config(cfg: Any) -> RunConfig:
-    """Composed DictConfig -> validated `RunConfig` (all `__post_init__` checks run here)."""
-    run = OmegaConf.to_object(cfg)
+    """Composed DictConfig -> validated `RunConfig` (all `__post_init__` checks run here).
+
+    Raises:
+        ConfigError: a bad value (the message names the parameter, the value and what is accepted).
+    """
+    try:
+        run = OmegaConf.to_object(cfg)
+    except ValueError as error:  # every __post_init__ check; OmegaConf passes them through unchanged
+        raise ConfigError(str(error)) from error
     if not isinstance(run, RunConfig):
         raise TypeError(f"config did not compose onto RunConfig (got {type(run).__name__}); "
                         "is `run_schema` first in conf/config.yaml's defaults?")

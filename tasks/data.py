@@ -25,7 +25,7 @@ import datasets
 from lsg.assets import bbc_articles, package_dir
 from lsg.hub import DATASET_VARIABLES, offline_hint
 from lsg.registry import Registry
-from tasks.config import DataConfig
+from tasks.config import ConfigError, DataConfig
 
 SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -79,20 +79,34 @@ def _load_hub(data: DataConfig) -> datasets.DatasetDict:
 
 
 def _load_local(path: Path, data: DataConfig) -> datasets.DatasetDict:
-    """Split files `<name>.<ext>` in a directory (split names as in task.data.splits), or one file = train."""
+    files = local_files(path, data)
+    (file_format,) = {FILE_FORMATS[p.suffix] for p in files.values()}
+    return datasets.load_dataset(file_format, data_files={k: str(v) for k, v in files.items()})
+
+
+def local_files(path: Path, data: DataConfig) -> dict[str, Path]:
+    """{split name: file} of `task.data.path`: `<name>.<ext>` files in a directory (split names as in
+    task.data.splits), or one file = train. All of one format; raises naming task.data.path otherwise."""
     if path.is_file():
         files = {data.splits.train: path}
     elif path.is_dir():
-        files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix in FILE_FORMATS}
+        found = [p for p in sorted(path.iterdir()) if p.suffix in FILE_FORMATS]
+        files = {p.stem: p for p in found}
+        if len(files) < len(found):
+            twice = sorted({p.stem for p in found if sum(q.stem == p.stem for q in found) > 1})
+            raise ConfigError(f"task.data.path={str(path)!r} holds several files for split(s) {twice}; keep one each")
     else:
-        raise FileNotFoundError(f"task.data.path={str(path)!r} does not exist")
-    if not files:
-        raise FileNotFoundError(f"task.data.path={str(path)!r} holds no train/validation/test file with an extension "
-                                f"in {sorted(FILE_FORMATS)}")
+        raise ConfigError(f"task.data.path={str(path)!r} does not exist")
+    if not files or any(p.suffix not in FILE_FORMATS for p in files.values()):
+        raise ConfigError(f"task.data.path={str(path)!r} holds no train/validation/test file with an extension "
+                          f"in {sorted(FILE_FORMATS)}")
     formats = {FILE_FORMATS[p.suffix] for p in files.values()}
     if len(formats) > 1:
-        raise ValueError(f"task.data.path={str(path)!r} mixes formats {sorted(formats)}; use one")
-    return datasets.load_dataset(formats.pop(), data_files={k: str(v) for k, v in files.items()})
+        raise ConfigError(f"task.data.path={str(path)!r} mixes formats {sorted(formats)}; use one")
+    if data.splits.train not in files:
+        raise ConfigError(f"task.data.splits.train={data.splits.train!r} has no file in task.data.path={str(path)!r} "
+                          f"(it holds {sorted(files)})")
+    return files
 
 
 # --- offline builders ------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def load_tokenizer(cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase
     """The model's tokenizer (model.tokenizer, else the checkpoint's), truncating at `max_length`."""
     source = cfg.tokenizer or cfg.checkpoint
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise _checkpoint_error(source, error) from error
     tokenizer.model_max_length = max_length
@@ -54,7 +54,7 @@ def load_tokenizer(cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase
 
 def _source_config(checkpoint: str) -> transformers.PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(checkpoint)
+        return AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise _checkpoint_error(checkpoint, error) from error
 
@@ -69,7 +69,7 @@ def _to_lsg(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Mod
 _BASELINE_POSITION_OFFSETS = {"longformer": 2, "big_bird": 0}
 
 
-def _check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfig) -> None:
+def check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfig) -> None:
     """attention=original reads at most the checkpoint's own length: the family table's rule (`lsg.families`)."""
     if config.model_type in _BASELINE_POSITION_OFFSETS:
         capacity = config.max_position_embeddings - _BASELINE_POSITION_OFFSETS[config.model_type]
@@ -92,11 +92,11 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
     auto = transformers.AutoModelForSeq2SeqLM if cfg.architecture == "bart" else getattr(
         transformers, lsg.families.AUTO_CLASS_OF_SUFFIX[head])
     try:
-        base = auto.from_pretrained(cfg.checkpoint, **head_kwargs)
+        base = auto.from_pretrained(cfg.checkpoint, trust_remote_code=False, **head_kwargs)
     except (OSError, ValueError) as error:
         raise _checkpoint_error(cfg.checkpoint, error) from error
     if cfg.attention == "original":
-        _check_original_length(cfg, base.config)
+        check_original_length(cfg, base.config)
         if base.config.model_type == "big_bird":  # a BigBird checkpoint: hooks are not saved, install it again
             from lsg.baselines import keep_block_sparse
 
@@ -122,7 +122,7 @@ def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderD
     if cfg.attention == "lsg":
         encoder = _to_lsg(encoder, tokenizer, cfg)
     else:
-        _check_original_length(cfg, encoder.config)
+        check_original_length(cfg, encoder.config)
     model = EncoderDecoderModel(encoder=encoder, decoder=model.decoder)
     # BERT has no BOS/EOS: the decoder starts from [CLS] and stops at [SEP] (the usual bert2bert recipe).
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

@@ -9,13 +9,22 @@ non-default values only, so adding a schema field with a default leaves existing
 
 `claim_run_dir` then refuses a directory whose stored `identity.json` differs (naming the differing keys): the
 hash alone would not notice a schema default that changed between versions.
+
+`hold_run_dir` makes a run directory one run's at a time: an exclusive `flock` on `<run dir>/run.lock`,
+held for the whole run. A second run of the same directory (a duplicated sweep, a job submitted twice)
+stops at once with "run directory ... in use by pid N" instead of training into the same checkpoints. The
+kernel drops the lock when its process dies, however it dies, so a stale lock file is simply taken over.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +39,18 @@ NOT_IDENTITY = (
     "trainer.save_final", "trainer.gradient_checkpointing",
 )
 IDENTITY_FILE = "identity.json"
+LOCK_FILE = "run.lock"
+INCOMPLETE_DIR = "incomplete"  # where tasks/resume.py moves checkpoints a kill left half written
 # What a forced rerun deletes: a rerun must not resume from, or report, the previous configuration's files.
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.json", "train_log.jsonl", IDENTITY_FILE)
+RUN_OUTPUTS = ("checkpoints", INCOMPLETE_DIR, "final", "metrics.json", "train_log.jsonl", IDENTITY_FILE)
 
 
 class RunDirConflictError(RuntimeError):
     """A run directory already holds a run of another configuration."""
+
+
+class RunDirInUseError(RuntimeError):
+    """Another live process is running in this run directory."""
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -52,6 +67,7 @@ def _excluded(key: str) -> bool:
     return any(key == name or key.startswith(f"{name}.") for name in NOT_IDENTITY)
 
 
+@functools.cache  # the schema does not change within a process; building it is most of a compose's time
 def _schema_defaults() -> dict[str, Any]:
     from tasks.config import RunConfig  # lazy: tasks.config registers this module's resolver
 
@@ -120,3 +136,31 @@ def claim_run_dir(run_dir: Path, current: dict[str, Any], *, force: bool = False
     from lsg.atomic import write_json  # lazy: composing a config (the resolver above) should not import torch
 
     write_json(stored_path, current)
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's exclusive lock for the body (POSIX `flock`; the file records the holder's pid).
+
+    Args:
+        run_dir: the run directory (created when missing).
+
+    Raises:
+        RunDirInUseError: another live process holds the lock (its pid is named); raised at once, no waiting.
+    """
+    import fcntl  # POSIX only: the pipeline's run directories live on Linux/macOS machines
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirInUseError(f"run directory {run_dir} in use by pid {holder}; wait for that run to end, "
+                                   "or choose another runs_dir=") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (deleting it would race with a waiting run)

@@ -229,9 +229,9 @@ def base_model(scale: Scale, out: Path, checkpoint: str | None, start: str = "mi
         config = dataclasses.replace(preset, length=scale.base_length)
         checkpoint = str(pretrain(out / f"mlm-{start}-{scale.base_length}", config))
     checkpoint = checkpoint or "FacebookAI/roberta-base"
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
     device, _ = resolve(device, key="table1")
-    return AutoModelForMaskedLM.from_pretrained(checkpoint).to(device).eval(), tokenizer
+    return AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=False).to(device).eval(), tokenizer
 
 
 def score_cell(row: Row, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: dict[str, torch.Tensor],

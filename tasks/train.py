@@ -4,8 +4,10 @@ Run dir layout (`runs/<experiment or task>/<task>-<model>-L<length>-s<seed>-<run
     config.yaml        resolved config (Hydra keeps the unresolved one in .hydra/)
     metrics.json       the result record (tasks/report.py), written atomically, rank 0 only
     train_log.jsonl    one line per logging step: step, epoch, loss, learning_rate, ms/step
-    checkpoints/       HF Trainer checkpoints; a killed run resumes from the last one
-    final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint
+    checkpoints/       HF Trainer checkpoints; a killed run resumes from the last complete one (tasks/resume.py)
+    incomplete/        checkpoints a kill left half written, moved aside
+    final/             the trained model + tokenizer (trainer.save_final), usable as model.checkpoint; atomic
+    run.lock           flock held by the running process (tasks/run_identity.py: one run per directory)
     wandb/             W&B files (offline runs sync later with `wandb sync`)
     identity.json      what makes this run different (tasks/run_identity.py); a dir holding another
                        configuration is refused, naming the differing keys
@@ -17,6 +19,7 @@ main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,17 +33,19 @@ import torch
 import transformers
 from accelerate import PartialState
 from omegaconf import OmegaConf
-from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback, TrainerState, TrainingArguments
 
-from lsg.atomic import write_json
+from lsg.atomic import staged_directory, write_json
 from tasks.config import RunConfig
 from tasks.data import load_splits
+from tasks.data_checks import check_splits
 from tasks.hardware import resolve
 from tasks.models import apply_tuning, attention_label, build_model, is_head_parameter, load_tokenizer
+from tasks.preflight import check_run
 from tasks.registry import TaskKind, load_kind
 from tasks.report import build_record, read_record
-from tasks.run_identity import claim_run_dir, identity
+from tasks.resume import STATE_FILE, TrainClock, finished, resumable_checkpoint, trainer_state, trim_log
+from tasks.run_identity import claim_run_dir, hold_run_dir, identity
 from tasks.tables import paper_values
 
 log = logging.getLogger(__name__)
@@ -181,15 +186,27 @@ def with_hardware(cfg: RunConfig) -> RunConfig:
 
 
 def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns its metrics.json record (read back if skipped)."""
-    run_dir = Path(cfg.run_dir)
-    metrics_path = run_dir / "metrics.json"
+    """Train and evaluate one configuration; returns its metrics.json record (read back if skipped).
+
+    The main process holds the run directory's lock (`hold_run_dir`) from before it touches the directory
+    until the record is written: a second run of the same directory stops at once (`RunDirInUseError`).
+    """
     started = time.perf_counter()
+    check_run(cfg)  # every check that needs no weights: config, checkpoint config, local data files
     current = identity(cfg)  # before the hardware is resolved: trainer.precision=auto is what was asked
     cfg = with_hardware(cfg)
     # Created first, with the device: a bare PartialState() on a machine without CUDA stays single-process
     # (DistributedType.NO) even under `accelerate launch`, and every rank would believe it is the main one.
     state = PartialState(cpu=cfg.trainer.device == "cpu")
+    with hold_run_dir(Path(cfg.run_dir)) if state.is_main_process else contextlib.nullcontext():
+        return _run_held(cfg, state, current, started, force=force, callbacks=callbacks)
+
+
+def _run_held(cfg: RunConfig, state: PartialState, current: dict[str, Any], started: float, *, force: bool,
+              callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
+    """`run` once the run directory is this process's."""
+    run_dir = Path(cfg.run_dir)
+    metrics_path = run_dir / "metrics.json"
     if state.is_main_process:
         claim_run_dir(run_dir, current, force=force)  # raises when the dir holds another configuration
     state.wait_for_everyone()
@@ -203,8 +220,11 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
 
     with state.main_process_first():  # builders and tokenization once, not concurrently
         splits = load_splits(cfg.task.data)
+        check_splits(splits, cfg.task)  # every split's labels, before any training (builders and hub data too)
         tokenizer = load_tokenizer(cfg.model, length)
         encoded = kind.encode(splits, tokenizer, cfg.task, length)
+        # the main process first: it alone moves an incomplete checkpoint aside, the others then agree with it
+        last = resumable_checkpoint(run_dir / "checkpoints", run_dir) if cfg.trainer.do_train else None
     head = kind.head_kwargs(splits, cfg.task)
     model = build_model(cfg.model, kind.head, tokenizer, **head)
     # Our heads return a mean loss and ignore `num_items_in_batch`. Left to its heuristic (a forward with
@@ -216,6 +236,8 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
     if state.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
 
+    saved = trainer_state(last) if last else None
+    clock = TrainClock.resumed_from(saved)
     logging_to_wandb = start_wandb(cfg, run_dir, attention=attention_label(cfg.model, model), forced=force)
     report_to = "wandb" if logging_to_wandb else "none"
     trainer = kind.trainer_class(
@@ -226,26 +248,34 @@ def run(cfg: RunConfig, *, force: bool = False, callbacks: Sequence[TrainerCallb
         processing_class=tokenizer,
         compute_metrics=kind.compute_metrics(cfg.task, tokenizer),
         preprocess_logits_for_metrics=kind.preprocess_logits(),
-        callbacks=[JsonlLog(run_dir / "train_log.jsonl"), *callbacks],
+        callbacks=[JsonlLog(run_dir / "train_log.jsonl"), clock, *callbacks],
         optimizers=(optimizer_for(model, cfg), None),  # the scheduler (linear decay) is the Trainer's
     )
     train_seconds = 0.0
     if cfg.trainer.do_train:
-        checkpoints = run_dir / "checkpoints"
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        if last:
-            log.info("resuming from %s", last)
-        tick = time.perf_counter()
-        trainer.train(resume_from_checkpoint=last)
-        train_seconds = time.perf_counter() - tick
-        if cfg.trainer.save_final:
-            trainer.save_model(str(run_dir / "final"))  # model + tokenizer: a model.checkpoint for later runs
+        if saved is not None and finished(saved):
+            # Killed after the last step (writing final/ or evaluating): the checkpoint is the trained model.
+            # Resuming the Trainer from it would train one step past the budget and report the wrong epoch.
+            log.info("%s holds all %d steps: not training again", last, saved["global_step"])
+            trainer._load_from_checkpoint(str(last))
+            trainer.state = TrainerState.load_from_json(str(last / STATE_FILE))
+        else:
+            if last is not None:
+                log.info("resuming from %s (%.0f s of training so far)", last, clock.offset)
+                if state.is_main_process:
+                    trim_log(run_dir / "train_log.jsonl", saved["global_step"])
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+        train_seconds = clock.seconds
+        if cfg.trainer.save_final and state.is_main_process:  # model + tokenizer: a model.checkpoint for later runs
+            with staged_directory(run_dir / "final") as staging:  # a kill never leaves half a final/
+                trainer.save_model(str(staging))
+    state.wait_for_everyone()
     split = cfg.trainer.eval_split
     tick = time.perf_counter()
     scores = trainer.evaluate(encoded[split], metric_key_prefix=split)
     eval_seconds = time.perf_counter() - tick
     metrics = {key.removeprefix(f"{split}_"): value for key, value in scores.items()
-               if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second"))}
+               if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second", "_model_preparation_time"))}
     record = build_record(
         experiment=cfg.experiment_name, task=cfg.task.name, model=cfg.model.name, attention=cfg.model.attention,
         checkpoint=cfg.model.checkpoint, max_length=length, seed=cfg.trainer.seed, split=split, metrics=metrics,

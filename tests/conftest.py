@@ -20,6 +20,20 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A random 2-layer BERT (128 positions) saved with the real MiniLM WordPiece tokenizer (a local dir)."""
+    from lsg.assets import minilm_dir
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def tiny_config_kwargs(**overrides):
     """A BERT/RoBERTa-shaped config small enough for CPU tests (hidden 32, 2 layers, 4 heads)."""
     kwargs = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lsg.atomic import staged_directory, staged_file, write_json
+from lsg.atomic import clear_stale_staging, staged_directory, staged_file, write_json
 
 
 def test_write_json_creates_parents_and_replaces_the_old_file(tmp_path: Path):
@@ -86,3 +88,37 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path: Path, monkeypatch: 
         (staging / "weights").write_text("new")
     assert (out / "weights").read_text() == "old"
     assert os.listdir(tmp_path) == ["model"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a kill -9'd writer looks like this)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_staging_left_by_a_killed_writer_is_cleared(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "weights").write_text("current")
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f".out.new.{dead}.abc", ".out.new.legacy1", f".out.old.{dead}.abc", f".out.new.{alive}.xyz"):
+        (tmp_path / name).mkdir()
+    clear_stale_staging(out)
+    # the dead writers' staging is gone, the live writer's is kept, the current directory untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.new.{alive}.xyz", "out"]
+    assert (out / "weights").read_text() == "current"
+    with staged_directory(out) as staging:
+        assert staging.name.startswith(f".out.new.{os.getpid()}.")
+        (staging / "weights").write_text("new")
+    assert (out / "weights").read_text() == "new"
+
+
+def test_a_kill_between_the_two_renames_gets_the_old_directory_back(tmp_path: Path):
+    """Killed after `out` was renamed aside and before the new one was renamed in: `out` is missing."""
+    retired = tmp_path / f".out.old.{_dead_pid()}.abc"
+    retired.mkdir()
+    (retired / "weights").write_text("previous, complete")
+    (tmp_path / retired.name.replace(".old.", ".new.")).mkdir()  # the new one, never swapped in
+    clear_stale_staging(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "weights").read_text() == "previous, complete"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, BertConfig, BertModel, TrainerCallback
+from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, TrainerCallback
 
 from lsg.assets import minilm_dir
 from tasks.config import RunConfig, to_run_config
@@ -25,18 +25,6 @@ from tasks.train import run
 REPO = Path(__file__).resolve().parents[1]
 TINY_LSG = ["model.max_length=256", "model.lsg.block_size=16", "model.lsg.sparse_block_size=16",
             "model.lsg.sparsity_factor=4"]
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A random 2-layer BERT (128 positions) with the real MiniLM WordPiece tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

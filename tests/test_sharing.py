@@ -163,8 +163,9 @@ def test_run_py_offline_true_blocks_the_hub_and_says_which_variable(tmp_path):
                f"runs_dir={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env={**_clean_env(), "HYDRA_FULL_ERROR": "1"},
                             capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "HF_DATASETS_OFFLINE=1" in result.stderr and "coastalcph/lex_glue" in result.stderr
+    # the checkpoint's config is read (and refused) before any data: one line naming it and the variable
+    assert result.returncode == 2
+    assert "model.checkpoint='roberta-base'" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
 
 
 def test_go_offline_takes_effect_after_the_hub_libraries_were_imported():

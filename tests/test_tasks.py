@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks import metrics
-from tasks.config import DataConfig, Splits
+from tasks.config import ConfigError, DataConfig, Splits
 from tasks.data import (
     BBC_TOPICS,
     DatasetUnavailableError,
@@ -192,7 +192,7 @@ def test_csv_single_file_and_missing_path(tmp_path):
     (tmp_path / "all.csv").write_text("text,label\na,0\nb,1\nc,0\nd,1\ne,0\nf,1\ng,0\nh,1\ni,0\nj,1\n")
     splits = load_splits(DataConfig(path=str(tmp_path / "all.csv")))
     assert sum(len(s) for s in splits.values()) == 10
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="task.data.path=.* does not exist"):  # run.py prints it as one line
         load_splits(DataConfig(path=str(tmp_path / "nope")))
 
 

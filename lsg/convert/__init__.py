@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,18 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lsg.atomic import staged_directory
+from lsg.atomic import clear_stale_staging, staged_directory
 from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
-from lsg.hub import offline_hint, push_folder, write_model_card
-from lsg.modeling import CONFIG_CLASSES, lsg_model_class
+from lsg.hub import is_local_path, offline_hint, push_folder, write_model_card
+from lsg.modeling import CONFIG_CLASSES, check_complete_save, lsg_model_class
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
-from lsg.validation import check_int
+from lsg.validation import check_bool, check_int
 
+# Longest L accepted: the tiled position table alone is L x hidden floats (3 GB at 2^20 x 768), and the paper
+# stops at 16K-32K tokens. A typo like 10**9 would otherwise try to allocate hundreds of GB.
+MAX_LENGTH = 2**20
 # Config entries that describe the source checkpoint rather than the converted model.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
 
@@ -62,6 +67,8 @@ class ConversionSettings:
     def __post_init__(self) -> None:
         check_int("global_positional_stride", self.global_positional_stride, 1)
         check_int("seed", self.seed)
+        for name in ("random_global_init", "use_token_ids", "pass_global_tokens_to_decoder"):
+            check_bool(name, getattr(self, name))
 
 
 def _apply_keywords(settings: LSGSettings | None, conversion: ConversionSettings | None,
@@ -86,6 +93,20 @@ def _tokenizer_next_to(model: PreTrainedModel) -> PreTrainedTokenizerBase | None
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):
         return None
+
+
+def _as_tokenizer(tokenizer: Any) -> PreTrainedTokenizerBase | None:
+    """A tokenizer object as is; a hub id or directory loaded (no remote code); anything else refused."""
+    if tokenizer is None or isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    if not isinstance(tokenizer, str | Path):
+        raise ValueError(f"tokenizer={tokenizer!r} must be a tokenizer, a local directory or a hub id")
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        cause = offline_hint() or " ".join(str(error).split())[:200]
+        raise ValueError(f"tokenizer={str(tokenizer)!r} could not be loaded ({cause}); pass the tokenizer object, "
+                         "its local directory or its hub id") from None
 
 
 def special_token_ids(
@@ -137,7 +158,8 @@ def check_source(config: PretrainedConfig, max_length: int) -> Family:
             "set it to 0.0 (accepted: 0.0)"
         )
     original_length = family.original_length(config)
-    check_int("max_length", max_length, original_length, hint=f"{original_length} is the model's own maximum length")
+    check_int("max_length", max_length, original_length, MAX_LENGTH,
+              hint=f"{original_length} is the model's own maximum length, {MAX_LENGTH} (2^20) this library's ceiling")
     return family
 
 
@@ -157,7 +179,8 @@ def convert(
 
     Args:
         model: a supported transformers model (see `lsg.supported_architectures()`); not modified.
-        tokenizer: its tokenizer, used for the BOS/CLS and MASK ids of the global init; if omitted the ids
+        tokenizer: its tokenizer (or its directory / hub id, loaded), used for the BOS/CLS and MASK ids of the
+            global init; if omitted the ids
             come from `bos_token_id`/`mask_token_id`, else from the tokenizer saved at `model.name_or_path`.
             Its `model_max_length` is set to `max_length`, so truncation follows the new limit.
         settings: the LSG attention parameters (default `LSGSettings()`).
@@ -177,6 +200,7 @@ def convert(
     if max_sequence_length is not None:
         max_length = max_sequence_length
     settings, conversion = _apply_keywords(settings, conversion, keywords)
+    tokenizer = _as_tokenizer(tokenizer)
     family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
     offset = family.position_offset
@@ -282,6 +306,21 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         write_model_card(model, staging, repo)
 
 
+def _unwritable(out: Path) -> str:
+    """Why the directory `out` could not be created or replaced ("" when it can): the first existing ancestor
+    must be a directory this process may write in."""
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file"
+    try:  # a real probe: permission bits say nothing of read-only mounts, and root passes every os.access
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=ancestor))
+    except OSError as error:
+        return f"cannot create a directory in {ancestor} ({error.strerror})"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     """Entry point of `python -m lsg.convert`; returns the output directory."""
     parser = _parser()
@@ -291,8 +330,19 @@ def main(argv: list[str] | None = None) -> Path | None:
         return None
     if not args.model or not args.out:
         parser.error("--model and --out are required (or --list)")
-    if args.out.exists() and (not args.out.is_dir() or (any(args.out.iterdir()) and not args.overwrite)):
-        parser.error(f"--out {args.out} exists and is not an empty directory; pass --overwrite to replace it")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a directory path (--overwrite replaces directories only)")
+    clear_stale_staging(args.out)  # a killed earlier save: its staging goes, an old --out renamed aside comes back
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        parser.error(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+    unwritable = _unwritable(args.out)
+    if unwritable:  # checked first: a conversion can take minutes before the save would fail
+        parser.error(f"--out {args.out} cannot be written: {unwritable}")
+    if is_local_path(args.model):
+        try:
+            check_complete_save(args.model)
+        except ValueError as error:
+            parser.error(f"--model {error}")
     if args.private and not args.push_to_hub:
         parser.error("--private applies to --push-to-hub REPO_ID, which is missing")
     if args.num_labels is not None and args.num_labels < 1:
@@ -300,7 +350,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     try:  # every check that needs no weights runs before the (possibly multi-GB) load
         settings = from_flags(LSGSettings, args)
         conversion = from_flags(ConversionSettings, args)
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
         check_source(config, args.max_length)
         head_class = _head_class_for(config, args.architecture)
     except OSError as error:  # not a local directory, and the hub could not be asked (or has no such repo)
@@ -309,8 +359,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         parser.error(str(error))
     torch.manual_seed(conversion.seed)  # new heads (e.g. a classifier) get reproducible weights
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
-    model = head_class.from_pretrained(args.model, **extra)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = head_class.from_pretrained(args.model, trust_remote_code=False, **extra)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
     converted = convert(model, tokenizer, settings, max_length=args.max_length, conversion=conversion)
     tokenizer.model_max_length = args.max_length
     _save_atomically(converted, tokenizer, args.out, repo=args.push_to_hub)
