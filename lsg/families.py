@@ -27,6 +27,8 @@ AUTO_CLASS_OF_SUFFIX: dict[str, str] = {
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForNextSentencePrediction": "AutoModelForNextSentencePrediction",
     "ForConditionalGeneration": "AutoModelForSeq2SeqLM",
+    "ForCausalLM": "AutoModelForCausalLM",
+    "LMHeadModel": "AutoModelForCausalLM",
 }
 
 
@@ -57,6 +59,9 @@ class Family:
         attention: regular expression (full match) of the self-attention modules LSG owns, in layer order.
         cross_attention: regular expression of the decoder's cross-attention modules (encoder-decoders).
         rotary: positions are rotary (ModernBERT): global rows get position ids in front of the tokens.
+        causal_lm: decoder-only (GPT-2, Llama): causal LSG in every self-attention, whose G global tokens are a
+            learned key/value prefix of each layer (design §3.7) instead of rows of the hidden states, so the
+            global-row fields above do not apply.
     """
 
     name: str
@@ -79,6 +84,7 @@ class Family:
     attention: str = r"encoder\.layer\.\d+\.attention\.self"
     cross_attention: str | None = None
     rotary: bool = False
+    causal_lm: bool = False
 
     @property
     def lsg_model_type(self) -> str:
@@ -178,6 +184,13 @@ FAMILIES: dict[str, Family] = {
                word_embeddings="encoder.embed_tokens", global_table_owner="encoder", globals_point="encoder.layers.0",
                globals_before_point=True, globals_norm=(), globals_functional_dropout=True, entry="encoder",
                attention=r"encoder\.layers\.\d+\.self_attn", cross_attention=r"decoder\.layers\.\d+\.encoder_attn"),
+        # Decoder-only (beyond the authors' converter): GPT-2's learned positions are tiled, Llama's rotary kept.
+        Family("GPT2", "gpt2", default_head="LMHeadModel", heads=("Model", "LMHeadModel", "ForSequenceClassification"),
+               position_tables=("wpe",), word_embeddings="wte", entry="", encoder="", attention=r"h\.\d+\.attn",
+               causal_lm=True),
+        Family("Llama", "llama", default_head="ForCausalLM", heads=("Model", "ForCausalLM", "ForSequenceClassification"),
+               position_tables=(), word_embeddings="embed_tokens", entry="", encoder="",
+               attention=r"layers\.\d+\.self_attn", rotary=True, causal_lm=True),
         # ModernBERT (beyond the authors' converter): rotary positions need no tiling.
         Family("ModernBert", "modernbert", default_head="ForMaskedLM", heads=_ENCODER_HEADS, position_tables=(),
                word_embeddings="embeddings.tok_embeddings", globals_norm=("embeddings.norm", "embeddings.drop"),

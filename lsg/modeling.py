@@ -35,6 +35,8 @@ def _lsg_config_class(family: Family) -> type[PretrainedConfig]:
     defaults: dict[str, Any] = {f.name: f.default for f in fields(LSGSettings)}
     annotations["base_model_prefix"] = "str"
     defaults["base_model_prefix"] = LSG_MARKER
+    annotations["layer_attention"] = "list[str] | None"  # a MASFormer plan (`lsg.plans`); None: every layer LSG
+    defaults["layer_attention"] = None
     if family.is_encoder_decoder:  # keep the G global states in the encoder output (design §3.6)
         annotations["pass_global_tokens_to_decoder"] = "bool"
         defaults["pass_global_tokens_to_decoder"] = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.hub import offline_hint, push_folder, write_model_card
 from lsg.modeling import CONFIG_CLASSES, lsg_model_class
+from lsg.plans import layer_plan
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
 from lsg.validation import check_int
@@ -90,9 +92,10 @@ def _tokenizer_next_to(model: PreTrainedModel) -> PreTrainedTokenizerBase | None
 
 def special_token_ids(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, bos_token_id: int | None,
-    mask_token_id: int | None,
+    mask_token_id: int | None, *, mask_optional: bool = False,
 ) -> tuple[int, int]:
-    """(first-token id, mask id) for the global init: BOS, else CLS, else config.bos_token_id; and MASK."""
+    """(first-token id, mask id) for the global init: BOS, else CLS, else config.bos_token_id; and MASK (with
+    `mask_optional`, as decoder-only vocabularies often have no mask token, the first-token id stands in)."""
     if (bos_token_id is None or mask_token_id is None) and tokenizer is None:
         tokenizer = _tokenizer_next_to(model)
     first = bos_token_id
@@ -101,6 +104,8 @@ def special_token_ids(
     if first is None:
         first = getattr(model.config, "bos_token_id", None)
     mask = mask_token_id if mask_token_id is not None else getattr(tokenizer, "mask_token_id", None)
+    if mask is None and mask_optional:
+        mask = first
     missing = [name for name, value in (("bos_token_id", first), ("mask_token_id", mask)) if value is None]
     if missing:
         raise ValueError(
@@ -151,6 +156,9 @@ def convert(
     bos_token_id: int | None = None,
     mask_token_id: int | None = None,
     max_sequence_length: int | None = None,
+    layers: Sequence[str] | None = None,
+    full_every: int | None = None,
+    full_layers: Sequence[int] | None = None,
     **keywords: Any,
 ) -> PreTrainedModel:
     """Return an LSG copy of `model` (same head class family, same weights, longer positions).
@@ -164,6 +172,8 @@ def convert(
         max_length: L, new maximum number of tokens (alias `max_sequence_length`, the authors' name).
         conversion: how the new rows are initialised (default `ConversionSettings()`).
         bos_token_id, mask_token_id: ids for the global init when there is no tokenizer.
+        layers, full_every, full_layers: a MASFormer plan, full attention in some layers (`lsg.plans.layer_plan`);
+            saved in the config as `layer_attention`. Default: every layer LSG.
         **keywords: any field of `LSGSettings` or `ConversionSettings` under the authors' names
             (block_size=..., sparsity_type=..., seed=...); each replaces that field of `settings`/`conversion`.
 
@@ -180,14 +190,19 @@ def convert(
     family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
     offset = family.position_offset
-    first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
+    first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id,
+                                          mask_optional=family.causal_lm)
+    plan = layer_plan(len(family.attention_modules(model.base_model)), layers=layers, full_every=full_every,
+                      full_layers=full_layers)
 
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
     config_dict.update(settings.to_dict(), max_position_embeddings=max_length + family.saved_position_offset,
                        architectures=[f"LSG{type(model).__name__}"])
     if family.is_encoder_decoder:
         config_dict["pass_global_tokens_to_decoder"] = conversion.pass_global_tokens_to_decoder
+    config_dict["layer_attention"] = plan
     config = CONFIG_CLASSES[family.model_type](**config_dict)
+    config.max_position_embeddings = max_length + family.saved_position_offset  # GPT-2's is an alias (n_positions)
     converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
 
     prefix = "" if suffix == "Model" else f"{model.base_model_prefix}."
@@ -205,11 +220,14 @@ def convert(
     )
     # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
     words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
-    state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
-        positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id, mask_token_id=mask_id,
-        stride=conversion.global_positional_stride, token_type_row=type_row,
-        random_init=conversion.random_global_init, seed=conversion.seed,
-    )
+    if family.causal_lm:
+        state.update(global_prefix(model, converted, [first_id] + [mask_id] * (settings.num_global_tokens - 1)))
+    else:
+        state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
+            positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id,
+            mask_token_id=mask_id, stride=conversion.global_positional_stride, token_type_row=type_row,
+            random_init=conversion.random_global_init, seed=conversion.seed,
+        )
     result = converted.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"weight transfer incomplete: missing {result.missing_keys}, "
@@ -221,6 +239,26 @@ def convert(
     if tokenizer is not None:
         tokenizer.model_max_length = max_length
     return converted
+
+
+@torch.no_grad()
+def global_prefix(model: PreTrainedModel, converted: PreTrainedModel, token_ids: list[int]) -> dict[str, torch.Tensor]:
+    """Initial key/value prefix of every LSG layer of a decoder-only model (design §3.7): the keys and values the
+    source model itself gives the tokens `token_ids` (BOS, then the mask id or BOS again) at positions 0..G-1,
+    read from its KV cache. State-dict entries of `converted`."""
+    training = model.training
+    model.eval()  # no dropout in the initial values
+    try:
+        ids = torch.tensor([token_ids], device=model.device)
+        cache = model.base_model(input_ids=ids, use_cache=True).past_key_values
+    finally:
+        model.train(training)
+    state = {}
+    for name, module in converted.named_modules():
+        if getattr(module, "lsg_global_keys", None) is not None:
+            layer = cache.layers[module.lsg_layer_index]
+            state[f"{name}.lsg_global_keys"], state[f"{name}.lsg_global_values"] = layer.keys[0], layer.values[0]
+    return state
 
 
 # --- command line ---------------------------------------------------------------------------------------------
