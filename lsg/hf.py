@@ -46,6 +46,7 @@ from transformers.utils import ModelOutput
 
 from lsg.attention import AttentionVariant
 from lsg.families import Family, family_of
+from lsg.layout import uses_short_rule
 from lsg.plans import is_full_layer
 from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 
@@ -143,12 +144,15 @@ def _causal_prefix_attention(variant: AttentionVariant, module: nn.Module, query
     """Causal LSG of a decoder-only layer: (B, H, q, D) queries over (B, H_kv, T, D) keys (T >= q: a KV cache
     holds the earlier ones), with the layer's G-row global prefix in front. Returns (B, H, q, D).
 
-    The kernels take queries and keys of one length, so a decoding step's q queries are placed at the end of T
-    zero rows; the rows in front are computed and dropped (a step costs a layer's LSG attention, linear in T).
+    The kernels take queries and keys of one length, so a decoding step's q queries are placed at the end of the
+    keys, after zero rows whose outputs are dropped. The keys are first cut to `_causal_reach`, so a step costs
+    the few blocks its queries can see, not the whole sequence.
     """
     batch, heads, queries, _ = query.shape
+    valid = _token_validity(attention_mask, batch, key.shape[-2], key.device)
+    start = _causal_reach(key.shape[-2] - queries, key.shape[-2], settings)
+    key, value, valid = key[:, :, start:], value[:, :, start:], valid[:, start:]
     tokens = key.shape[-2]
-    valid = _token_validity(attention_mask, batch, tokens, key.device)
     prefix_k, prefix_v = (p.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
                           for p in (module.lsg_global_keys, module.lsg_global_values))
     key, value = torch.cat([prefix_k, key], dim=2), torch.cat([prefix_v, value], dim=2)
@@ -158,6 +162,22 @@ def _causal_prefix_attention(variant: AttentionVariant, module: nn.Module, query
     output = variant(query, key, value, valid, settings, scaling=scaling, dropout=dropout, training=module.training,
                      layer_index=layer_index, causal=True)
     return output[:, :, -queries:]
+
+
+def _causal_reach(first_query: int, tokens: int, settings: LSGSettings) -> int:
+    """First token (a block start) that causal queries from `first_query` on can see, through their local window
+    (the previous block) or their left sparse window (sbs entries, r per block, before that).
+
+    Dropping the tokens before it changes no output of those queries: the layout and every selector repeat from
+    block to block, except `bos_pooling` (it pools with token 0's key) and the short rule (it applies to the
+    whole sequence), which are not cut. What is left is longer than 2*bs whenever sparse keys are on; without,
+    the short rule over blocks j-1 and j is exactly their causal local window.
+    """
+    bs = settings.block_size
+    if settings.sparsity_type == "bos_pooling" or uses_short_rule(tokens, settings):
+        return 0
+    reach = -(-settings.sparse_block_size // settings.sparse_per_block) if settings.sparse_enabled else 0
+    return max(0, first_query // bs - 1 - reach) * bs
 
 
 def register_with_transformers(name: str, variant: AttentionVariant) -> None:
@@ -260,14 +280,13 @@ def _rotary_positions_with_globals(config: PretrainedConfig, rotary: nn.Module, 
     return (hidden, torch.cat([front, position_ids + G], dim=-1), *rest), kwargs
 
 
-def _install_causal_lm(config: PretrainedConfig, family: Family, base: nn.Module) -> None:
-    """Decoder-only: a G-row key/value prefix on every LSG layer (`lsg.convert` initialises it), no hooks."""
-    base.register_forward_pre_hook(partial(_check_length, config, family), with_kwargs=True)
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    plan = getattr(config, "layer_attention", None)
-    for index, module in enumerate(family.attention_modules(base)):
+def _install_causal(config: PretrainedConfig, modules: list[nn.Module], plan: list[str] | None) -> None:
+    """Causal LSG on `modules` (layer order): a G-row key/value prefix on each LSG layer, which `lsg.convert`
+    initialises, and the `lsg_layer_index` stamp."""
+    for index, module in enumerate(modules):
         if is_full_layer(plan, index):
             continue
+        kv_heads = getattr(config, "num_key_value_heads", None) or module.num_heads  # Llama: grouped queries
         shape = (kv_heads, config.num_global_tokens, module.head_dim)
         module.lsg_global_keys = nn.Parameter(torch.zeros(shape))
         module.lsg_global_values = nn.Parameter(torch.zeros(shape))
@@ -287,9 +306,13 @@ def install_lsg(model: PreTrainedModel) -> None:
     config = model.config
     family = family_of(config)
     base = model.base_model
-    if family.causal_lm:
-        _install_causal_lm(config, family, base)
+    plan = getattr(config, "layer_attention", None)
+    if family.causal_lm:  # no global rows, no hooks but the length check
+        base.register_forward_pre_hook(partial(_check_length, config, family), with_kwargs=True)
+        _install_causal(config, family.attention_modules(base), plan)
         return
+    if getattr(config, "lsg_decoder", False):  # the decoder's layers follow no plan: it is for the encoder's
+        _install_causal(config, family.decoder_attention_modules(base), None)
     width = base.get_submodule(family.word_embeddings).embedding_dim
     base.get_submodule(family.global_table_owner).global_embeddings = nn.Embedding(MAX_GLOBAL_TOKENS, width)
     base.get_submodule(family.entry).register_forward_pre_hook(partial(_check_length, config, family),
@@ -307,7 +330,6 @@ def install_lsg(model: PreTrainedModel) -> None:
     if family.rotary:
         base.register_forward_pre_hook(partial(_shared_padding_mask, config), with_kwargs=True)
         base.rotary_emb.register_forward_pre_hook(partial(_rotary_positions_with_globals, config), with_kwargs=True)
-    plan = getattr(config, "layer_attention", None)
     for index, module in enumerate(family.attention_modules(base)):
         if not is_full_layer(plan, index):
             module.lsg_layer_index = index

@@ -247,9 +247,10 @@ def test_unknown_keywords_name_the_settings_fields():
 
 
 def test_unsupported_architectures_are_named():
-    gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=99))
-    with pytest.raises(ValueError, match="model_type='gpt2' is not supported.*BertForMaskedLM"):
-        lsg.convert(gpt2, max_length=128, **SMALL)
+    opt = transformers.OPTModel(transformers.OPTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
+                                                       ffn_dim=37, vocab_size=99, word_embed_proj_dim=32))
+    with pytest.raises(ValueError, match="model_type='opt' is not supported.*BertForMaskedLM"):
+        lsg.convert(opt, max_length=128, **SMALL)
     with pytest.raises(ValueError, match="is_decoder=True"):
         lsg.convert(transformers.BertLMHeadModel(BertConfig(**tiny_config_kwargs(is_decoder=True))), **SMALL)
     with pytest.raises(ValueError, match="BertLMHeadModel is not supported"):

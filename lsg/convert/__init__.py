@@ -52,6 +52,8 @@ class ConversionSettings:
         use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
         pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
             cross-attention sees them (design §3.6); ignored by encoder-only families.
+        lsg_decoder: encoder-decoders: causal LSG in the decoder's self-attention too, with a key/value prefix
+            as its global tokens (design §3.7); ignored by the other families.
         seed: seeds every random draw of the conversion (random_global_init; the CLI's new heads).
     """
 
@@ -59,6 +61,7 @@ class ConversionSettings:
     global_positional_stride: int = 64
     use_token_ids: bool = True
     pass_global_tokens_to_decoder: bool = True
+    lsg_decoder: bool = False
     seed: int = 123
 
     def __post_init__(self) -> None:
@@ -135,7 +138,8 @@ def check_source(config: PretrainedConfig, max_length: int) -> Family:
     if config.model_type != family.model_type:
         raise ValueError(f"model is already an LSG model ({config.model_type}); convert its source instead")
     if getattr(config, "is_decoder", False):
-        raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
+        raise ValueError("encoders with is_decoder=True are not supported by lsg.convert; use them as encoders "
+                         "(is_decoder=False) or convert a decoder-only model (GPT-2, Llama)")
     if family.globals_before_point and getattr(config, "encoder_layerdrop", 0.0) > 0:
         raise ValueError(
             f"encoder_layerdrop={config.encoder_layerdrop} would skip the layer that adds the global tokens; "
@@ -200,6 +204,7 @@ def convert(
                        architectures=[f"LSG{type(model).__name__}"])
     if family.is_encoder_decoder:
         config_dict["pass_global_tokens_to_decoder"] = conversion.pass_global_tokens_to_decoder
+        config_dict["lsg_decoder"] = conversion.lsg_decoder
     config_dict["layer_attention"] = plan
     config = CONFIG_CLASSES[family.model_type](**config_dict)
     config.max_position_embeddings = max_length + family.saved_position_offset  # GPT-2's is an alias (n_positions)
@@ -220,9 +225,9 @@ def convert(
     )
     # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
     words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
-    if family.causal_lm:
+    if family.causal_lm or conversion.lsg_decoder:
         state.update(global_prefix(model, converted, [first_id] + [mask_id] * (settings.num_global_tokens - 1)))
-    else:
+    if not family.causal_lm:
         state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
             positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id,
             mask_token_id=mask_id, stride=conversion.global_positional_stride, token_type_row=type_row,
@@ -243,16 +248,19 @@ def convert(
 
 @torch.no_grad()
 def global_prefix(model: PreTrainedModel, converted: PreTrainedModel, token_ids: list[int]) -> dict[str, torch.Tensor]:
-    """Initial key/value prefix of every LSG layer of a decoder-only model (design §3.7): the keys and values the
-    source model itself gives the tokens `token_ids` (BOS, then the mask id or BOS again) at positions 0..G-1,
-    read from its KV cache. State-dict entries of `converted`."""
+    """Initial key/value prefix of every causal LSG layer (decoder-only models, the decoder of an encoder-decoder;
+    design §3.7): the keys and values the source model itself gives the tokens `token_ids` (BOS, then the mask id
+    or BOS again) at positions 0..G-1, read from its KV cache (an encoder-decoder also reads them as its source).
+    State-dict entries of `converted`."""
     training = model.training
     model.eval()  # no dropout in the initial values
     try:
         ids = torch.tensor([token_ids], device=model.device)
-        cache = model.base_model(input_ids=ids, use_cache=True).past_key_values
+        inputs = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
+        cache = model.base_model(input_ids=ids, use_cache=True, **inputs).past_key_values
     finally:
         model.train(training)
+    cache = getattr(cache, "self_attention_cache", cache)
     state = {}
     for name, module in converted.named_modules():
         if getattr(module, "lsg_global_keys", None) is not None:
