@@ -221,3 +221,23 @@ def test_bart_lsg_decoder_generates_the_same_with_and_without_cache():
     with torch.no_grad():
         cached = model.generate(input_ids=source, use_cache=True, **kwargs)
         assert torch.equal(cached, model.generate(input_ids=source, use_cache=False, **kwargs))
+
+
+def test_swap_attention_follows_a_plan_and_finds_it_again_after_a_reload(tmp_path):
+    """The full layers of a swapped plain BERT keep SDPA: with the plan all full, the model is the original."""
+    from lsg import baselines
+
+    source = tiny_model("bert", "ForMaskedLM")
+    ids = torch.randint(5, 99, (2, 40))
+    with torch.no_grad():
+        expected = source(input_ids=ids).logits
+        swapped = baselines.swap_attention(source, "linear", full_layers=[0, 1])
+        torch.testing.assert_close(swapped(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+        all_linear = baselines.swap_attention(source, "linear", layers=["lsg", "lsg"])(input_ids=ids).logits
+        baselines.swap_attention(source, "linear", layers=["full", "lsg"])
+        assert source.config.layer_attention == ["full", "lsg"]
+        mixed = source(input_ids=ids).logits
+        assert (mixed - expected).abs().max() > 1e-6 and (mixed - all_linear).abs().max() > 1e-6
+        source.save_pretrained(tmp_path)
+        reloaded = baselines.swap_attention(transformers.BertForMaskedLM.from_pretrained(tmp_path).eval(), "linear")
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, mixed, atol=1e-6, rtol=0)

@@ -310,7 +310,8 @@ def _print_architectures() -> None:
         positions = ("rotary (no tiling)" if not family.position_tables
                      else "sinusoidal (rebuilt)" if family.sinusoidal_positions
                      else f"learned, tiled (offset {family.position_offset})")
-        kind = "encoder-decoder (LSG encoder)" if family.is_encoder_decoder else "encoder"
+        kind = ("decoder-only (causal LSG)" if family.causal_lm
+                else "encoder-decoder (LSG encoder)" if family.is_encoder_decoder else "encoder")
         heads = sorted(family.heads, key=lambda suffix: suffix != family.default_head)
         print(f"{family.model_type}: {kind}, positions {positions}")
         print("    " + ", ".join(family.name + suffix for suffix in heads))
