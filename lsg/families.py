@@ -195,7 +195,8 @@ FAMILIES: dict[str, Family] = {
         Family("GPT2", "gpt2", default_head="LMHeadModel", heads=("Model", "LMHeadModel", "ForSequenceClassification"),
                position_tables=("wpe",), word_embeddings="wte", entry="", encoder="", attention=r"h\.\d+\.attn",
                causal_lm=True),
-        Family("Llama", "llama", default_head="ForCausalLM", heads=("Model", "ForCausalLM", "ForSequenceClassification"),
+        Family("Llama", "llama", default_head="ForCausalLM",
+               heads=("Model", "ForCausalLM", "ForSequenceClassification"),
                position_tables=(), word_embeddings="embed_tokens", entry="", encoder="",
                attention=r"layers\.\d+\.self_attn", rotary=True, causal_lm=True),
         # ModernBERT (beyond the authors' converter): rotary positions need no tiling.

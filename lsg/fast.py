@@ -223,7 +223,8 @@ def _merge(parts: list[tuple[Tensor, Tensor]], sets: list[_KeySet]) -> tuple[Ten
     lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) * out_i.
 
     A row that sees no key of a set (a local window that is all padding, or all padding up to a causal query)
-    takes nothing from it: its lse there is set to -inf whatever the core returned. The remote set always holds the globals, so lse stays finite."""
+    takes nothing from it: its lse there is set to -inf whatever the core returned. The remote set always holds
+    the globals, so lse stays finite."""
     lses = [lse.masked_fill(~keys.visible.any(-1), float("-inf")) for (_, lse), keys in
             zip(parts, sets, strict=True)]
     total = torch.logsumexp(torch.stack(lses), dim=0)

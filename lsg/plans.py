@@ -22,8 +22,13 @@ LAYER_KINDS: tuple[str, ...] = ("lsg", "full")
 PLACEMENTS: tuple[str, ...] = ("bottom", "top", "spread")
 
 
-def layer_plan(num_layers: int, *, layers: Sequence[str] | None = None, full_every: int | None = None,
-               full_layers: Sequence[int] | None = None) -> list[str] | None:
+def layer_plan(
+    num_layers: int,
+    *,
+    layers: Sequence[str] | None = None,
+    full_every: int | None = None,
+    full_layers: Sequence[int] | None = None,
+) -> list[str] | None:
     """The plan given in one of three spellings, validated; None when none is given (every layer LSG).
 
     Args:
@@ -35,8 +40,11 @@ def layer_plan(num_layers: int, *, layers: Sequence[str] | None = None, full_eve
     Raises:
         ValueError: more than one spelling, a wrong length, an unknown kind or an index out of range.
     """
-    given = [name for name, value in (("layers", layers), ("full_every", full_every), ("full_layers", full_layers))
-             if value is not None]
+    given = [
+        name
+        for name, value in (("layers", layers), ("full_every", full_every), ("full_layers", full_layers))
+        if value is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"give the layer plan one way, got {given}; use one of layers=, full_every=, full_layers=")
     check_int("num_layers", num_layers, 1)
@@ -75,8 +83,9 @@ def is_full_layer(plan: Sequence[str] | None, index: int) -> bool:
     return plan is not None and plan[index] == "full"
 
 
-def attention_flops(plan: Sequence[str] | None, num_layers: int, tokens: int, settings: LSGSettings, *, heads: int,
-                    head_dim: int) -> float:
+def attention_flops(
+    plan: Sequence[str] | None, num_layers: int, tokens: int, settings: LSGSettings, *, heads: int, head_dim: int
+) -> float:
     """Attention-core FLOPs of one sequence through every layer (QK^T and PV, a multiply-add counted as 2).
 
     An LSG layer computes T'·K + G·(G + T') scores (K = G + 2·sbs + 3·bs key slots, design §4; causal kernels mask

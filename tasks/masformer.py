@@ -8,8 +8,9 @@ budget (same data, steps, learning rates, seed) under the plan `lsg.plans.masfor
 layers at the bottom, LSG in the rest (design §3.9). Two tasks:
 
 * `bbc_longdoc` (`tasks.data`): the real all-MiniLM-L6-v2 (6 layers), converted to LSG-Norm at 4,096 tokens and
-  fine-tuned to classify documents of 1.3k-2.3k tokens whose first 512 tokens carry no information about the
-  label. Quality: test accuracy.
+  fine-tuned to classify documents of 1k-2.3k tokens whose first 512 tokens carry no information about the
+  label (at smoke scale, as in `make run`, the embeddings and the lowest layers stay frozen: the plan still
+  decides how they attend). Quality: test accuracy.
 * A small causal LM (GPT-2 shape, 6 layers, bytes as tokens) trained from random weights on the English
   Wikipedia extracts shipped offline, converted to causal LSG before training. Quality: test bits per byte.
 
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoTokenizer, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 import lsg
 from lsg.assets import minilm_dir
@@ -58,6 +59,8 @@ class Scale:
     # bbc_longdoc with MiniLM
     n_train: int
     n_test: int
+    max_article_words: int  # bbc_longdoc's document size (tasks.data.build_bbc_longdoc)
+    freeze_layers: int  # the embeddings (not the global rows) and this many lowest layers are not trained
     epochs: int
     accumulation: int  # documents per update (one document per step: no padding between 1.3k-2.3k tokens)
     learning_rate: float
@@ -77,17 +80,47 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    # 2 shared CPU cores: about 4 min per classifier plan and 1 min per LM plan.
-    "smoke": Scale(n_train=24, n_test=40, epochs=2, accumulation=4, learning_rate=1e-4, head_learning_rate=5e-3,
-                   classifier=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4),
-                   lm_layers=6, lm_width=96, lm_heads=4, lm_length=512, lm_batch=4, lm_steps=120,
-                   lm_learning_rate=2e-3, lm_eval_blocks=24,
-                   lm=LSGSettings(block_size=32, sparse_block_size=32, sparsity_factor=4, sparsity_type="pooling")),
-    "paper": Scale(n_train=200, n_test=100, epochs=3, accumulation=8, learning_rate=1e-4, head_learning_rate=2e-3,
-                   classifier=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4),
-                   lm_layers=12, lm_width=512, lm_heads=8, lm_length=4096, lm_batch=8, lm_steps=5000,
-                   lm_learning_rate=6e-4, lm_eval_blocks=200,
-                   lm=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type="pooling")),
+    # 2 CPU cores: a few minutes per plan when the machine is otherwise idle.
+    "smoke": Scale(
+        n_train=24,
+        n_test=30,
+        max_article_words=250,
+        freeze_layers=4,
+        epochs=2,
+        accumulation=2,
+        learning_rate=1e-4,
+        head_learning_rate=5e-3,
+        classifier=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4),
+        lm_layers=6,
+        lm_width=64,
+        lm_heads=4,
+        lm_length=256,
+        lm_batch=4,
+        lm_steps=80,
+        lm_learning_rate=3e-3,
+        lm_eval_blocks=16,
+        lm=LSGSettings(block_size=16, sparse_block_size=16, sparsity_factor=4, sparsity_type="pooling"),
+    ),
+    "paper": Scale(
+        n_train=200,
+        n_test=100,
+        max_article_words=400,
+        freeze_layers=0,
+        epochs=3,
+        accumulation=8,
+        learning_rate=1e-4,
+        head_learning_rate=2e-3,
+        classifier=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4),
+        lm_layers=12,
+        lm_width=512,
+        lm_heads=8,
+        lm_length=4096,
+        lm_batch=8,
+        lm_steps=5000,
+        lm_learning_rate=6e-4,
+        lm_eval_blocks=200,
+        lm=LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type="pooling"),
+    ),
 }
 
 
@@ -102,20 +135,38 @@ def _device() -> torch.device:
 
 # --- bbc_longdoc ---------------------------------------------------------------------------------------------
 
+
 def run_classifier(scale: Scale, plan: list[str]) -> dict[str, Any]:
     """Fine-tune MiniLM converted to LSG under `plan` on bbc_longdoc; test accuracy and seconds per step."""
     source_dir = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
-    data = build_bbc_longdoc(n_train=scale.n_train, n_validation=1, n_test=scale.n_test, seed=scale.seed)
+    data = build_bbc_longdoc(
+        n_train=scale.n_train,
+        n_validation=1,
+        n_test=scale.n_test,
+        max_article_words=scale.max_article_words,
+        seed=scale.seed,
+    )
     torch.manual_seed(scale.seed)  # the same classifier head for every plan
     source = BertForSequenceClassification.from_pretrained(source_dir, num_labels=5)
     model = lsg.convert(source, tokenizer, scale.classifier, max_length=4096, layers=plan).to(_device())
     encode = lambda rows: tokenizer(rows["text"], truncation=True, max_length=4096)  # noqa: E731
     train, test = (data[split].map(encode, batched=True) for split in ("train", "test"))
-    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler")) or "global" in n]
-    body = [p for p in model.parameters() if all(p is not h for h in head)]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": scale.learning_rate},
-                                   {"params": head, "lr": scale.head_learning_rate}])
+    frozen = (
+        "bert.embeddings.word",
+        "bert.embeddings.position",
+        "bert.embeddings.token_type",
+        "bert.embeddings.LayerNorm",
+        *(f"bert.encoder.layer.{i}." for i in range(scale.freeze_layers)),
+    )
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(frozen))
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trained if n.startswith(("classifier", "bert.pooler")) or "global" in n]
+    body = [p for n, p in trained if not (n.startswith(("classifier", "bert.pooler")) or "global" in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": scale.learning_rate}, {"params": head, "lr": scale.head_learning_rate}]
+    )
     generator = torch.Generator().manual_seed(scale.seed)
     steps, seconds = 0, 0.0
     model.train()
@@ -139,12 +190,18 @@ def run_classifier(scale: Scale, plan: list[str]) -> dict[str, Any]:
             ids = torch.tensor([row["input_ids"]], device=model.device)
             correct += int(model(input_ids=ids).logits.argmax(-1).item() == row["label"])
             lengths.append(len(row["input_ids"]))
-    return {"accuracy": correct / len(test), "seconds_per_step": seconds / steps, "tokens": round(sum(lengths) /
-            len(lengths)), "num_layers": len(plan), "heads": model.config.num_attention_heads,
-            "head_dim": model.config.hidden_size // model.config.num_attention_heads}
+    return {
+        "accuracy": correct / len(test),
+        "seconds_per_step": seconds / steps,
+        "tokens": round(sum(lengths) / len(lengths)),
+        "num_layers": len(plan),
+        "heads": model.config.num_attention_heads,
+        "head_dim": model.config.hidden_size // model.config.num_attention_heads,
+    }
 
 
 # --- byte-level causal LM ------------------------------------------------------------------------------------
+
 
 def wiki_bytes(split: str) -> torch.Tensor:
     """The Wikipedia extracts of a split as one byte sequence, documents separated by a blank line."""
@@ -155,12 +212,22 @@ def wiki_bytes(split: str) -> torch.Tensor:
 def run_language_model(scale: Scale, plan: list[str]) -> dict[str, Any]:
     """Train a small GPT-2 (bytes as tokens) from random weights as causal LSG under `plan`; test bits per byte."""
     torch.manual_seed(scale.seed)  # the same initial weights for every plan
-    config = GPT2Config(vocab_size=256, n_positions=scale.lm_length, n_embd=scale.lm_width, n_layer=scale.lm_layers,
-                        n_head=scale.lm_heads, bos_token_id=NEWLINE, eos_token_id=NEWLINE, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=256,
+        n_positions=scale.lm_length,
+        n_embd=scale.lm_width,
+        n_layer=scale.lm_layers,
+        n_head=scale.lm_heads,
+        bos_token_id=NEWLINE,
+        eos_token_id=NEWLINE,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     source = GPT2LMHeadModel(config)
-    model = lsg.convert(source, settings=scale.lm, max_length=scale.lm_length, bos_token_id=NEWLINE,
-                        layers=plan).to(_device())
+    model = lsg.convert(source, settings=scale.lm, max_length=scale.lm_length, bos_token_id=NEWLINE, layers=plan).to(
+        _device()
+    )
     train, test = wiki_bytes("train"), wiki_bytes("test")
     generator = torch.Generator().manual_seed(scale.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=scale.lm_learning_rate, weight_decay=0.01)
@@ -186,9 +253,14 @@ def run_language_model(scale: Scale, plan: list[str]) -> dict[str, Any]:
             logits = model(input_ids=ids).logits[0, :-1]
             total += F.cross_entropy(logits.float(), ids[0, 1:], reduction="sum").item()
             count += ids.shape[1] - 1
-    return {"bits_per_byte": total / count / math.log(2), "seconds_per_step": seconds / scale.lm_steps,
-            "tokens": scale.lm_length, "num_layers": len(plan), "heads": scale.lm_heads,
-            "head_dim": scale.lm_width // scale.lm_heads}
+    return {
+        "bits_per_byte": total / count / math.log(2),
+        "seconds_per_step": seconds / scale.lm_steps,
+        "tokens": scale.lm_length,
+        "num_layers": len(plan),
+        "heads": scale.lm_heads,
+        "head_dim": scale.lm_width // scale.lm_heads,
+    }
 
 
 TASKS = {
@@ -211,11 +283,26 @@ def sweep(scale: Scale, out: Path, tasks: tuple[str, ...] = tuple(TASKS)) -> lis
                 continue
             logger.info("masformer: %s with %d of %d layers full", task, full, len(plan))
             result = run(scale, plan)
-            cost = {kind: attention_flops(kind_plan, len(plan), result["tokens"], settings_of(scale),
-                                          heads=result["heads"], head_dim=result["head_dim"])
-                    for kind, kind_plan in (("plan", plan), ("full", ["full"] * len(plan)))}
-            row = {"task": task, "full_layers": full, "fraction": full / len(plan), "plan": plan, **result,
-                   "attention_gflops": cost["plan"] / 1e9, "attention_cost": cost["plan"] / cost["full"]}
+            cost = {
+                kind: attention_flops(
+                    kind_plan,
+                    len(plan),
+                    result["tokens"],
+                    settings_of(scale),
+                    heads=result["heads"],
+                    head_dim=result["head_dim"],
+                )
+                for kind, kind_plan in (("plan", plan), ("full", ["full"] * len(plan)))
+            }
+            row = {
+                "task": task,
+                "full_layers": full,
+                "fraction": full / len(plan),
+                "plan": plan,
+                **result,
+                "attention_gflops": cost["plan"] / 1e9,
+                "attention_cost": cost["plan"] / cost["full"],
+            }
             write_json(path, row)
             rows.append(row)
     return rows
@@ -223,14 +310,19 @@ def sweep(scale: Scale, out: Path, tasks: tuple[str, ...] = tuple(TASKS)) -> lis
 
 def table(rows: list[dict[str, Any]], scale_name: str) -> str:
     """Markdown: one line per (task, plan), quality beside cost."""
-    lines = [f"# MASFormer plans ({scale_name} scale): quality vs cost at one training budget", "",
-             "| task | full layers | quality | attention FLOPs (vs all full) | s / train step |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# MASFormer plans ({scale_name} scale): quality vs cost at one training budget",
+        "",
+        "| task | full layers | quality | attention FLOPs (vs all full) | s / train step |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         _, metric, _ = TASKS[row["task"]]
-        lines.append(f"| {row['task']} | {row['full_layers']} / {row['num_layers']} | {metric} "
-                     f"{row[metric]:.3f} | {row['attention_gflops']:.2f} G ({row['attention_cost']:.2f}) | "
-                     f"{row['seconds_per_step']:.2f} |")
+        lines.append(
+            f"| {row['task']} | {row['full_layers']} / {row['num_layers']} | {metric} "
+            f"{row[metric]:.3f} | {row['attention_gflops']:.2f} G ({row['attention_cost']:.2f}) | "
+            f"{row['seconds_per_step']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +337,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         _, metric, _ = TASKS[task]
-        points = sorted((row["attention_cost"], row[metric], row["full_layers"], row["num_layers"])
-                        for row in rows if row["task"] == task)
+        points = sorted(
+            (row["attention_cost"], row[metric], row["full_layers"], row["num_layers"])
+            for row in rows
+            if row["task"] == task
+        )
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         for cost, value, full, layers in points:
             axis.annotate(f"{full}/{layers} full", (cost, value), textcoords="offset points", xytext=(4, 4))

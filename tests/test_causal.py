@@ -22,23 +22,47 @@ from lsg.variants import ATTENTION_VARIANTS
 def eager_flex(query, key, value, token_valid, settings, *, scaling, causal, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # uncompiled flex warns that it materialises the scores
-        return lsg_layer(query, key, value, token_valid, settings, scaling=scaling, dropout=0.0, training=False,
-                         layer_index=0, causal=causal, kernel=functools.partial(flex_attention_kernel, compiled=False))
+        return lsg_layer(
+            query,
+            key,
+            value,
+            token_valid,
+            settings,
+            scaling=scaling,
+            dropout=0.0,
+            training=False,
+            layer_index=0,
+            causal=causal,
+            kernel=functools.partial(flex_attention_kernel, compiled=False),
+        )
 
 
 KERNELS = {"blocked": lsg_blocked_attention, "fast": ATTENTION_VARIANTS.get("lsg_fast"), "flex": eager_flex}
 
 
 def causal_settings(sparsity_type: str, block_size: int = 8, globals_: int = 2, factor: int = 2) -> LSGSettings:
-    return LSGSettings(block_size=block_size, sparse_block_size=block_size, sparsity_factor=factor,
-                       sparsity_type=sparsity_type, num_global_tokens=globals_)
+    return LSGSettings(
+        block_size=block_size,
+        sparse_block_size=block_size,
+        sparsity_factor=factor,
+        sparsity_type=sparsity_type,
+        num_global_tokens=globals_,
+    )
 
 
-def inputs(tokens: int, globals_: int, *, left_pad: int = 0, right_pad: int = 0, heads: int = 3, dim: int = 8,
-           dtype=torch.float32):
+def inputs(
+    tokens: int,
+    globals_: int,
+    *,
+    left_pad: int = 0,
+    right_pad: int = 0,
+    heads: int = 3,
+    dim: int = 8,
+    dtype=torch.float32,
+):
     q, k, v = (torch.randn(2, heads, globals_ + tokens, dim, dtype=dtype) for _ in range(3))
     valid = torch.ones(2, tokens, dtype=torch.bool)
-    valid[0, tokens - right_pad:] = False
+    valid[0, tokens - right_pad :] = False
     valid[1, :left_pad] = False  # generation batches pad on the left
     return q, k, v, valid
 
@@ -55,22 +79,35 @@ def test_every_selector_matches_the_causal_reference(kernel, sparsity_type, toke
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sparsity_type=st.sampled_from(SPARSITY_TYPES), block_size=st.integers(1, 10), factor_index=st.integers(0, 4),
-       sparse_block_size=st.integers(0, 12), globals_=st.integers(1, 3), tokens=st.integers(1, 60),
-       left_pad=st.integers(0, 20), right_pad=st.integers(0, 20))
-def test_kernels_match_the_reference_for_any_shape(sparsity_type, block_size, factor_index, sparse_block_size,
-                                                   globals_, tokens, left_pad, right_pad):
+@given(
+    sparsity_type=st.sampled_from(SPARSITY_TYPES),
+    block_size=st.integers(1, 10),
+    factor_index=st.integers(0, 4),
+    sparse_block_size=st.integers(0, 12),
+    globals_=st.integers(1, 3),
+    tokens=st.integers(1, 60),
+    left_pad=st.integers(0, 20),
+    right_pad=st.integers(0, 20),
+)
+def test_kernels_match_the_reference_for_any_shape(
+    sparsity_type, block_size, factor_index, sparse_block_size, globals_, tokens, left_pad, right_pad
+):
     divisors = [d for d in range(1, block_size + 1) if block_size % d == 0]
     if sparsity_type in ("norm", "lsh"):
         sparse_block_size = max(sparse_block_size, block_size)
-    settings = LSGSettings(block_size=block_size, sparse_block_size=sparse_block_size,
-                           sparsity_factor=divisors[factor_index % len(divisors)], sparsity_type=sparsity_type,
-                           num_global_tokens=globals_)
+    settings = LSGSettings(
+        block_size=block_size,
+        sparse_block_size=sparse_block_size,
+        sparsity_factor=divisors[factor_index % len(divisors)],
+        sparsity_type=sparsity_type,
+        num_global_tokens=globals_,
+    )
     q, k, v, valid = inputs(tokens, globals_, left_pad=min(left_pad, tokens), right_pad=min(right_pad, tokens), heads=2)
     expected = reference_lsg_attention(q, k, v, valid, settings, scaling=0.3, causal=True)
     for kernel in (lsg_blocked_attention, ATTENTION_VARIANTS.get("lsg_fast")):
-        torch.testing.assert_close(kernel(q, k, v, valid, settings, scaling=0.3, causal=True), expected,
-                                   atol=3e-6, rtol=0)
+        torch.testing.assert_close(
+            kernel(q, k, v, valid, settings, scaling=0.3, causal=True), expected, atol=3e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("length", [12, 40])
@@ -103,8 +140,14 @@ def test_causal_local_rows_see_the_previous_block_and_the_own_block_up_to_the_qu
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sparsity_type=st.sampled_from(SPARSITY_TYPES), tokens=st.integers(2, 70), position=st.integers(1, 69),
-       flip_validity=st.booleans(), kernel=st.sampled_from(["blocked", "fast"]), left_pad=st.integers(0, 9))
+@given(
+    sparsity_type=st.sampled_from(SPARSITY_TYPES),
+    tokens=st.integers(2, 70),
+    position=st.integers(1, 69),
+    flip_validity=st.booleans(),
+    kernel=st.sampled_from(["blocked", "fast"]),
+    left_pad=st.integers(0, 9),
+)
 def test_no_output_depends_on_a_later_token(sparsity_type, tokens, position, flip_validity, kernel, left_pad):
     """I6: changing token t (its query, key, value, or whether it is padding) leaves every output before t
     unchanged, the global rows' included."""
@@ -115,7 +158,7 @@ def test_no_output_depends_on_a_later_token(sparsity_type, tokens, position, fli
     before = run(q, k, v, valid)
     changed = [x.clone() for x in (q, k, v)]
     for x in changed:
-        x[:, :, 2 + position:] = torch.randn_like(x[:, :, 2 + position:]) * 3
+        x[:, :, 2 + position :] = torch.randn_like(x[:, :, 2 + position :]) * 3
     valid2 = valid.clone()
     if flip_validity:
         valid2[:, position:] = ~valid2[:, position:]
@@ -128,15 +171,29 @@ def test_no_output_depends_on_a_later_token(sparsity_type, tokens, position, fli
 def test_fast_kernel_gradients_match_the_plain_path(core, sparsity_type, monkeypatch):
     monkeypatch.setattr(fast, "GATHER_BUDGET", 1)  # one block per chunk: the chunk edges are exercised
     settings = causal_settings(sparsity_type)
-    q, k, v, valid = (x.double().requires_grad_() if x.is_floating_point() else x
-                      for x in inputs(53, 2, left_pad=10, right_pad=4))
+    q, k, v, valid = (
+        x.double().requires_grad_() if x.is_floating_point() else x for x in inputs(53, 2, left_pad=10, right_pad=4)
+    )
     chosen = None if core == "flash" else fast.MatmulCore(0.3, 0.0, seed=0)
     kernel = functools.partial(fast.fast_attention, core=chosen)
     weights = torch.randn(2, 3, 55, 8, dtype=torch.float64)
     grads = []
-    for run in (lambda: lsg_layer(q, k, v, valid, settings, scaling=0.3, dropout=0.0, training=False,
-                                  layer_index=0, kernel=kernel, causal=True),
-                lambda: lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3, causal=True)):
+    for run in (
+        lambda: lsg_layer(
+            q,
+            k,
+            v,
+            valid,
+            settings,
+            scaling=0.3,
+            dropout=0.0,
+            training=False,
+            layer_index=0,
+            kernel=kernel,
+            causal=True,
+        ),
+        lambda: lsg_blocked_attention(q, k, v, valid, settings, scaling=0.3, causal=True),
+    ):
         grads.append(torch.autograd.grad((run() * weights).sum(), (q, k, v)))
     for fast_grad, plain_grad in zip(*grads, strict=True):
         torch.testing.assert_close(fast_grad, plain_grad, atol=1e-10, rtol=0)
@@ -146,8 +203,9 @@ def test_fast_kernel_gradients_match_the_plain_path(core, sparsity_type, monkeyp
 @pytest.mark.parametrize("sparsity_type", ["pooling", "none"])
 def test_compiled_flex_forward_matches_the_reference(sparsity_type):
     """The registered "lsg_flex" (compiled; forward only on CPU) in its causal form."""
-    settings = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type=sparsity_type,
-                           num_global_tokens=2)
+    settings = LSGSettings(
+        block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type=sparsity_type, num_global_tokens=2
+    )
     q, k, v, valid = inputs(700, 2, heads=2, dim=16, left_pad=30, right_pad=50)
     out = ATTENTION_VARIANTS.get("lsg_flex")(q, k, v, valid, settings, scaling=0.25, causal=True)
     expected = lsg_blocked_attention(q, k, v, valid, settings, scaling=0.25, causal=True)

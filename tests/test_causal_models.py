@@ -55,8 +55,7 @@ def test_generate_with_and_without_cache_equals_the_uncached_forward(family):
     of the growing sequence pick the same tokens with the same logits."""
     model = converted(family, "norm")
     prompt, mask = left_padded(30)  # steps see the last 4 of up to 6 blocks (the cached keys are cut)
-    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=1, output_logits=True,
-                  return_dict_in_generate=True)
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=1, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
         cached = model.generate(input_ids=prompt, attention_mask=mask, use_cache=True, **kwargs)
         uncached = model.generate(input_ids=prompt, attention_mask=mask, use_cache=False, **kwargs)
@@ -78,10 +77,16 @@ def test_a_cached_step_equals_the_full_forward_for_every_selector(sparsity_type)
     ids, mask = left_padded(73)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
-        prefill = model(input_ids=ids[:, :70], attention_mask=mask[:, :70], position_ids=positions(mask)[:, :70],
-                        use_cache=True)
-        step = model(input_ids=ids[:, 70:], attention_mask=mask, position_ids=positions(mask)[:, 70:],
-                     past_key_values=prefill.past_key_values, use_cache=True).logits
+        prefill = model(
+            input_ids=ids[:, :70], attention_mask=mask[:, :70], position_ids=positions(mask)[:, :70], use_cache=True
+        )
+        step = model(
+            input_ids=ids[:, 70:],
+            attention_mask=mask,
+            position_ids=positions(mask)[:, 70:],
+            past_key_values=prefill.past_key_values,
+            use_cache=True,
+        ).logits
     torch.testing.assert_close(prefill.logits, full[:, :70], atol=1e-5, rtol=0)
     torch.testing.assert_close(step, full[:, 70:], atol=1e-5, rtol=0)
 
@@ -105,8 +110,9 @@ def test_an_all_full_plan_is_the_source_model(family):
     ids, mask = left_padded(60)
     with torch.no_grad():
         expected = source(input_ids=ids, attention_mask=mask).logits
-        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits[mask.bool()],
-                                   expected[mask.bool()], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=0
+        )
 
 
 def test_an_all_full_plan_is_the_short_rule_of_an_encoder():
@@ -119,8 +125,12 @@ def test_an_all_full_plan_is_the_short_rule_of_an_encoder():
     mask = torch.ones_like(ids)
     mask[1, 80:] = 0
     with torch.no_grad():
-        torch.testing.assert_close(planned(input_ids=ids, attention_mask=mask).logits,
-                                   dense(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            planned(input_ids=ids, attention_mask=mask).logits,
+            dense(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
@@ -131,13 +141,16 @@ def test_a_plan_is_saved_and_restored(family, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = lsg.load(tmp_path).eval()
     assert loaded.config.layer_attention == ["lsg", "full"]
-    stamped = [hasattr(m, "lsg_layer_index") for m in lsg.families.family_of(loaded.config).attention_modules(
-        loaded.base_model)]
+    stamped = [
+        hasattr(m, "lsg_layer_index")
+        for m in lsg.families.family_of(loaded.config).attention_modules(loaded.base_model)
+    ]
     assert stamped == [True, False]
     ids = torch.randint(5, 99, (2, 50))
     with torch.no_grad():
-        torch.testing.assert_close(main_output(loaded(input_ids=ids)), main_output(model(input_ids=ids)), atol=0,
-                                   rtol=0)
+        torch.testing.assert_close(
+            main_output(loaded(input_ids=ids)), main_output(model(input_ids=ids)), atol=0, rtol=0
+        )
 
 
 def test_plan_spellings_and_errors():
@@ -184,8 +197,9 @@ def test_rotary_models_keep_their_rotary_positions():
 
 
 def lsg_bart():
-    return lsg.convert(tiny_model("bart"), max_length=128, sparsity_type="norm", mask_token_id=4, lsg_decoder=True,
-                       **SMALL)
+    return lsg.convert(
+        tiny_model("bart"), max_length=128, sparsity_type="norm", mask_token_id=4, lsg_decoder=True, **SMALL
+    )
 
 
 def bart_inputs():
@@ -204,8 +218,9 @@ def test_bart_decoder_self_attention_becomes_causal_lsg(tmp_path):
     changed[:, 30:] = 7
     with torch.no_grad():
         logits = model(input_ids=source, decoder_input_ids=target).logits
-        torch.testing.assert_close(model(input_ids=source, decoder_input_ids=changed).logits[:, :30],
-                                   logits[:, :30], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            model(input_ids=source, decoder_input_ids=changed).logits[:, :30], logits[:, :30], atol=1e-6, rtol=0
+        )
     model.save_pretrained(tmp_path)
     loaded = lsg.load(tmp_path).eval()
     assert loaded.config.lsg_decoder

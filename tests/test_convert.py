@@ -16,7 +16,8 @@ HEADS = [(family, suffix) for family in FAMILIES for suffix in FAMILIES[family].
 LEARNED_POSITIONS = [name for name, family in FAMILIES.items()
                      if family.position_tables and not family.sinusoidal_positions]
 ENCODERS = [name for name, family in FAMILIES.items() if not family.is_encoder_decoder]
-GLOBAL_ROWS = [name for name, family in FAMILIES.items() if not family.causal_lm]  # decoders: a prefix (test_causal_models)
+# Decoder-only families have a key/value prefix instead of global rows (test_causal_models).
+GLOBAL_ROWS = [name for name, family in FAMILIES.items() if not family.causal_lm]
 SMALL = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, bos_token_id=0, mask_token_id=4)
 
 
