@@ -202,6 +202,9 @@ def _input_length(args: tuple, kwargs: dict) -> int | None:
 def _check_length(config: PretrainedConfig, family: Family, module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook on the family's entry module: a clear error instead of an index error past the table (D17)."""
     length = _input_length(args, kwargs)
+    past = kwargs.get("past_key_values")
+    if length is not None and past is not None and hasattr(past, "get_seq_length"):  # decoding: the cached tokens too
+        length += past.get_seq_length()
     limit = family.original_length(config)
     if length is not None and length > limit:
         raise ValueError(

@@ -181,6 +181,15 @@ def test_plan_flops_interpolate_between_lsg_and_full():
     assert two == pytest.approx(lsg_only * 10 / 12 + full * 2 / 12)
 
 
+def test_decoding_past_max_length_is_refused_clearly():
+    model = lsg.convert(tiny_model("gpt2"), max_length=64, **SMALL)
+    ids = torch.randint(5, 99, (1, 60))
+    with torch.no_grad():
+        past = model(input_ids=ids, use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="input length 65 exceeds max_length=64"):
+            model(input_ids=ids[:, :5], past_key_values=past, use_cache=True)
+
+
 def test_decoder_only_conversion_refuses_an_lsg_source():
     model = converted("gpt2")
     with pytest.raises(ValueError, match="already an LSG model"):
