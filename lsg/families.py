@@ -60,7 +60,8 @@ class Family:
         cross_attention: regular expression of the decoder's cross-attention modules (encoder-decoders).
         decoder_attention: regular expression of the decoder's self-attention modules (encoder-decoders), which
             become causal LSG when the config's `lsg_decoder` is set.
-        rotary: positions are rotary (ModernBERT): global rows get position ids in front of the tokens.
+        rotary: positions are rotary, nothing to tile; in an encoder (ModernBERT) the global rows get position ids
+            in front of the tokens.
         causal_lm: decoder-only (GPT-2, Llama): causal LSG in every self-attention, whose G global tokens are a
             learned key/value prefix of each layer (design §3.7) instead of rows of the hidden states, so the
             global-row fields above do not apply.

@@ -47,7 +47,7 @@ from transformers.utils import ModelOutput
 from lsg.attention import AttentionVariant
 from lsg.families import Family, family_of
 from lsg.layout import uses_short_rule
-from lsg.plans import is_full_layer
+from lsg.plans import is_full_layer, layer_plan
 from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 
 logger = logging.getLogger(__name__)
@@ -310,6 +310,8 @@ def install_lsg(model: PreTrainedModel) -> None:
     family = family_of(config)
     base = model.base_model
     plan = getattr(config, "layer_attention", None)
+    if plan is not None:  # a hand-edited config.json: a clear error before any layer is touched
+        layer_plan(len(family.attention_modules(base)), layers=plan)
     if family.causal_lm:  # no global rows, no hooks but the length check
         base.register_forward_pre_hook(partial(_check_length, config, family), with_kwargs=True)
         _install_causal(config, family.attention_modules(base), plan)

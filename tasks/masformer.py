@@ -82,9 +82,9 @@ class Scale:
 SCALES: dict[str, Scale] = {
     # 2 CPU cores: a few minutes per plan when the machine is otherwise idle.
     "smoke": Scale(
-        n_train=24,
-        n_test=30,
-        max_article_words=250,
+        n_train=16,
+        n_test=20,
+        max_article_words=300,
         freeze_layers=4,
         epochs=2,
         accumulation=2,

@@ -153,6 +153,14 @@ def test_a_plan_is_saved_and_restored(family, tmp_path):
         )
 
 
+def test_a_saved_plan_of_the_wrong_length_is_refused(tmp_path):
+    model = lsg.convert(tiny_model("gpt2"), max_length=128, full_layers=[0], **SMALL)
+    model.config.layer_attention = ["full", "lsg", "lsg"]
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="layers has 3 entries, the model has 2 attention layers"):
+        lsg.load(tmp_path)
+
+
 def test_plan_spellings_and_errors():
     assert layer_plan(6, full_every=3) == ["full", "lsg", "lsg", "full", "lsg", "lsg"]
     assert layer_plan(3, full_layers=[2]) == ["lsg", "lsg", "full"]
