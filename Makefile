@@ -18,7 +18,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo table1 table2 table3 bench test test-full lint format pattern clean
+.PHONY: help install run demo table1 table2 table3 masformer bench test test-full lint format pattern clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ table2: $(STAMP)  ## paper Table 2 as a sweep: scale=paper (GPU) or scale=smoke 
 
 table3: $(STAMP)  ## paper Table 3: parameter counts from architecture configs in the repo (offline), beside the paper's
 	$(PY) -m tasks.table3
+
+masformer: $(STAMP)  ## MASFormer plans: 0, 1/6, 1/3, all layers full at one budget -> runs/masformer/<scale>/ (scale=smoke: offline CPU)
+	$(PY) -m tasks.masformer --scale $(scale)
 
 test: $(STAMP)  ## fast test suite (skips @slow), offline
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -6,7 +6,9 @@ take their K keys in this order::
 
     [ G globals | sbs sparse left | sbs sparse right | blocks j-1, j, j+1 (3*bs) ]
 
-where out-of-range keys are zeros marked invalid.
+where out-of-range keys are zeros marked invalid. Causal attention (design §3.7) keeps these slots and marks
+invalid what lies in the future: the right sparse window, block j+1, and within block j the keys after the
+query (`lsg.layout.causal_local_rows`); global queries then see only the global keys.
 
 Every query row always sees the G >= 1 global keys, which are never masked, so no softmax row is
 empty: fully padded queries give finite outputs in every dtype. Masks are booleans end to end.
@@ -28,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lsg.layout import (
+    causal_local_rows,
     local_width,
     local_windows,
     padded_length,
+    short_rule_visibility,
     sparse_margin,
     sparse_window_index,
     sparse_windows,
@@ -51,6 +55,7 @@ class AttentionVariant(Protocol):
         dropout: attention-probability dropout, applied only when `training`.
         training: whether the module is in training mode.
         layer_index: index of the layer (seeds the LSH projections).
+        causal: decoder attention, no query sees a later token (design §3.7).
 
     Returns:
         (B, H, G+T, D) attention output.
@@ -58,7 +63,7 @@ class AttentionVariant(Protocol):
 
     def __call__(
         self, query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-        scaling: float, dropout: float, training: bool, layer_index: int,
+        scaling: float, dropout: float, training: bool, layer_index: int, causal: bool = False,
     ) -> Tensor: ...
 
 
@@ -100,9 +105,12 @@ class BlockKeys:
             margin = `lsg.layout.sparse_margin` zeros on both sides (indexed by `sparse_window_index`), or None
             without sparse.
         visible: (B, 1|H, N, K) bool, which of the K keys of token block j its queries may see.
-        all_valid: (B, G+T') bool, the keys global queries may see (globals and valid tokens).
+        all_valid: (B, G+T') bool, the keys global queries may see (globals and valid tokens; causal: the
+            globals only).
         sparse_valid: (B, 1|H, S) validity of the sparse tokens, or None; with `all_valid`, what kernels
             that apply the layout themselves need (`lsg.flex`).
+        local_rows: causal attention only, (bs, 3*bs) bool: which local slots each query row of a block may see
+            (`lsg.layout.causal_local_rows`), on top of `visible`; None when bidirectional.
     """
 
     key: Tensor
@@ -113,6 +121,16 @@ class BlockKeys:
     all_valid: Tensor
     settings: LSGSettings
     sparse_valid: Tensor | None = None
+    local_rows: Tensor | None = None
+
+    @property
+    def causal(self) -> bool:
+        return self.local_rows is not None
+
+    def row_visible(self, visible: Tensor, local: bool) -> Tensor:
+        """`visible` (..., K') of some blocks' remote or local keys, with a query-row dimension: (..., 1|bs, K')."""
+        visible = visible.unsqueeze(-2)
+        return visible & self.local_rows if local and self.local_rows is not None else visible
 
     @property
     def blocks(self) -> int:
@@ -168,7 +186,8 @@ class BlockKeys:
 
 
 def build_block_keys(
-    key: Tensor, value: Tensor, valid: Tensor, sparse: SparseTokens | None, settings: LSGSettings
+    key: Tensor, value: Tensor, valid: Tensor, sparse: SparseTokens | None, settings: LSGSettings,
+    causal: bool = False,
 ) -> BlockKeys:
     """Key sources and visibility of all queries. key/value (B, H, G+T', D), valid (B, T') token validity."""
     G, bs = settings.num_global_tokens, settings.block_size
@@ -178,7 +197,11 @@ def build_block_keys(
     margin = sparse_margin(settings) if sparse is not None else 0
     if sparse is not None:
         index = sparse_window_index(N, settings, key.device)  # (N, 2*sbs) into S padded by margin
-        visible.append(F.pad(sparse.valid, (margin, margin), value=False)[:, :, index])  # (B, 1|H, N, 2sbs)
+        sparse_visible = F.pad(sparse.valid, (margin, margin), value=False)[:, :, index]  # (B, 1|H, N, 2sbs)
+        if causal:  # the right window summarises later blocks
+            sparse_visible = sparse_visible.clone()
+            sparse_visible[..., settings.sparse_block_size :] = False
+        visible.append(sparse_visible)
     visible.append(local_windows(valid[:, None], bs, fill=False))  # (B, 1, N, 3bs)
     heads_in_mask = max(m.shape[1] for m in visible)
     return BlockKeys(
@@ -187,9 +210,10 @@ def build_block_keys(
         sparse_key=None if sparse is None else F.pad(sparse.keys, (0, 0, margin, margin)),
         sparse_value=None if sparse is None else F.pad(sparse.values, (0, 0, margin, margin)),
         visible=torch.cat([m.expand(B, heads_in_mask, N, m.shape[-1]) for m in visible], dim=3),
-        all_valid=torch.cat([valid.new_ones(B, G), valid], dim=1),
+        all_valid=torch.cat([valid.new_ones(B, G), torch.zeros_like(valid) if causal else valid], dim=1),
         settings=settings,
         sparse_valid=None if sparse is None else sparse.valid,
+        local_rows=causal_local_rows(bs, key.device) if causal else None,
     )
 
 
@@ -202,7 +226,7 @@ class KeyLayout:
 
     Attributes:
         valid: (B, T') validity of the token keys (padding and `mask_first_token` applied).
-        settings, scaling, layer_index, training: as `AttentionVariant`; the selectors read them.
+        settings, scaling, layer_index, training, causal: as `AttentionVariant`; the selectors read them.
     """
 
     valid: Tensor
@@ -210,20 +234,25 @@ class KeyLayout:
     scaling: float
     layer_index: int
     training: bool
+    causal: bool = False
 
     def sparse_tokens(self, query: Tensor, key: Tensor, value: Tensor) -> SparseTokens | None:
         """The selector's sparse tokens of the padded (B, H, G+T', D) inputs, or None without sparse keys."""
         if not self.settings.sparse_enabled:
             return None
         G = self.settings.num_global_tokens
+        # bos_pooling's pooling query: the first token's query, or under causal attention its key, which a KV
+        # cache keeps (the first token is in every query's past either way).
+        first = (key if self.causal else query)[:, :, G]
         return select_sparse_tokens(SelectorInputs(
-            key[:, :, G:], value[:, :, G:], self.valid, query[:, :, G], self.scaling, self.settings,
+            key[:, :, G:], value[:, :, G:], self.valid, first, self.scaling, self.settings,
             self.layer_index, self.training,
         ))
 
     def block_keys(self, query: Tensor, key: Tensor, value: Tensor) -> BlockKeys:
         """`BlockKeys` of the padded (B, H, G+T', D) inputs: runs the sparse selection."""
-        return build_block_keys(key, value, self.valid, self.sparse_tokens(query, key, value), self.settings)
+        return build_block_keys(key, value, self.valid, self.sparse_tokens(query, key, value), self.settings,
+                                self.causal)
 
 
 # A block kernel computes the outputs of all queries (B, H, G+T', D) from the padded query, key and value, their
@@ -233,7 +262,7 @@ BlockKernel = Callable[[Tensor, Tensor, Tensor, KeyLayout, float], Tensor]
 
 def lsg_layer(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float, training: bool, layer_index: int, kernel: BlockKernel,
+    scaling: float, dropout: float, training: bool, layer_index: int, kernel: BlockKernel, causal: bool = False,
 ) -> Tensor:
     """The part of LSG attention every kernel shares: short rule, padding, the `KeyLayout`.
 
@@ -246,14 +275,24 @@ def lsg_layer(
     dropout = dropout if training else 0.0
     valid = key_validity(token_valid, settings)
     if uses_short_rule(T, settings):
-        visible = torch.cat([valid.new_ones(B, G), valid], dim=1)[:, None, None]  # (B, 1, 1, G+T)
-        return attend(query, key, value, visible, scaling, dropout)
+        return dense_layer(query, key, value, valid, G, scaling=scaling, dropout=dropout, causal=causal)
 
     padded = padded_length(T, settings)
     query, key, value = (_pad_length(x, G + padded, dim=2) for x in (query, key, value))
     valid = _pad_length(valid, padded, dim=1, value=False)
-    layout = KeyLayout(valid, settings, scaling, layer_index, training)
+    layout = KeyLayout(valid, settings, scaling, layer_index, training, causal)
     return kernel(query, key, value, layout, dropout)[:, :, : G + T]
+
+
+def dense_layer(query: Tensor, key: Tensor, value: Tensor, valid: Tensor, globals_: int, *, scaling: float,
+                dropout: float, causal: bool = False) -> Tensor:
+    """The short rule (design §3.1): every query over all G+T keys with the token validity `valid` (B, T);
+    causal: the globals see the globals, a token the globals and the tokens up to itself. Also what a "full"
+    layer of a MASFormer plan runs at any length (`lsg.plans`)."""
+    B = query.shape[0]
+    visible = torch.cat([valid.new_ones(B, globals_), valid], dim=1)[:, None, None]  # (B, 1, 1, G+T)
+    rule = short_rule_visibility(valid.shape[1], globals_, causal, query.device)
+    return attend(query, key, value, visible if rule is None else visible & rule, scaling, dropout)
 
 
 def gathered_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float) -> Tensor:
@@ -264,13 +303,17 @@ def gathered_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLay
     G, bs, N, scaling = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks, layout.scaling
     out_global = attend(query[:, :, :G], key, value, keys.all_valid[:, None, None], scaling, dropout)
     key, value = keys.gather(0, N)  # (B, H, N, K, D)
-    K = key.shape[3]
+    K, width = key.shape[3], keys.remote_width
+    visible = torch.cat([keys.row_visible(keys.visible[..., :width], local=False).expand(B, -1, N, bs, width),
+                         keys.row_visible(keys.visible[..., width:], local=True).expand(B, -1, N, bs, K - width)],
+                        dim=-1) if keys.causal else keys.visible.unsqueeze(-2)  # (B, 1|H, N, 1|bs, K)
+    rows = visible.shape[-2]
     # SDPA's fused CPU/GPU kernels take 4-D inputs: fold (H, N) into one batch dimension.
     out_tokens = attend(
         query[:, :, G:].reshape(B, H * N, bs, D),
         key.reshape(B, H * N, K, D),
         value.reshape(B, H * N, K, D),
-        keys.visible.expand(B, H, N, K).reshape(B, H * N, 1, K),
+        visible.expand(B, H, N, rows, K).reshape(B, H * N, rows, K),
         scaling,
         dropout,
     ).view(B, H, N * bs, D)
@@ -282,10 +325,10 @@ def block_variant(kernel: BlockKernel, name: str, doc: str) -> AttentionVariant:
 
     def variant(
         query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-        scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+        scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0, causal: bool = False,
     ) -> Tensor:
         return lsg_layer(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout,
-                         training=training, layer_index=layer_index, kernel=kernel)
+                         training=training, layer_index=layer_index, kernel=kernel, causal=causal)
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = doc + " Shapes as `AttentionVariant`."

@@ -27,6 +27,8 @@ AUTO_CLASS_OF_SUFFIX: dict[str, str] = {
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForNextSentencePrediction": "AutoModelForNextSentencePrediction",
     "ForConditionalGeneration": "AutoModelForSeq2SeqLM",
+    "ForCausalLM": "AutoModelForCausalLM",
+    "LMHeadModel": "AutoModelForCausalLM",
 }
 
 
@@ -56,7 +58,13 @@ class Family:
         encoder: module whose output holds the last encoder states ("" = the base model itself).
         attention: regular expression (full match) of the self-attention modules LSG owns, in layer order.
         cross_attention: regular expression of the decoder's cross-attention modules (encoder-decoders).
-        rotary: positions are rotary (ModernBERT): global rows get position ids in front of the tokens.
+        decoder_attention: regular expression of the decoder's self-attention modules (encoder-decoders), which
+            become causal LSG when the config's `lsg_decoder` is set.
+        rotary: positions are rotary, nothing to tile; in an encoder (ModernBERT) the global rows get position ids
+            in front of the tokens.
+        causal_lm: decoder-only (GPT-2, Llama): causal LSG in every self-attention, whose G global tokens are a
+            learned key/value prefix of each layer (design §3.7) instead of rows of the hidden states, so the
+            global-row fields above do not apply.
     """
 
     name: str
@@ -78,7 +86,9 @@ class Family:
     encoder: str = "encoder"
     attention: str = r"encoder\.layer\.\d+\.attention\.self"
     cross_attention: str | None = None
+    decoder_attention: str | None = None
     rotary: bool = False
+    causal_lm: bool = False
 
     @property
     def lsg_model_type(self) -> str:
@@ -123,6 +133,9 @@ class Family:
     def cross_attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return _matching_modules(base, self.cross_attention) if self.cross_attention else []
 
+    def decoder_attention_modules(self, base: nn.Module) -> list[nn.Module]:
+        return _matching_modules(base, self.decoder_attention) if self.decoder_attention else []
+
 
 def _matching_modules(base: nn.Module, pattern: str) -> list[nn.Module]:
     compiled = re.compile(pattern)
@@ -151,7 +164,7 @@ def _bart_like(name: str, model_type: str, heads: tuple[str, ...] = _SEQ2SEQ_HEA
         word_embeddings="encoder.embed_tokens", global_table_owner="encoder",
         globals_point="encoder.layernorm_embedding", globals_norm=("encoder.layernorm_embedding",),
         entry="encoder", attention=r"encoder\.layers\.\d+\.self_attn",
-        cross_attention=r"decoder\.layers\.\d+\.encoder_attn",
+        cross_attention=r"decoder\.layers\.\d+\.encoder_attn", decoder_attention=r"decoder\.layers\.\d+\.self_attn",
     )
 
 
@@ -177,7 +190,16 @@ FAMILIES: dict[str, Family] = {
                position_tables=("encoder.embed_positions", "decoder.embed_positions"), sinusoidal_positions=True,
                word_embeddings="encoder.embed_tokens", global_table_owner="encoder", globals_point="encoder.layers.0",
                globals_before_point=True, globals_norm=(), globals_functional_dropout=True, entry="encoder",
-               attention=r"encoder\.layers\.\d+\.self_attn", cross_attention=r"decoder\.layers\.\d+\.encoder_attn"),
+               attention=r"encoder\.layers\.\d+\.self_attn", cross_attention=r"decoder\.layers\.\d+\.encoder_attn",
+               decoder_attention=r"decoder\.layers\.\d+\.self_attn"),
+        # Decoder-only (beyond the authors' converter): GPT-2's learned positions are tiled, Llama's rotary kept.
+        Family("GPT2", "gpt2", default_head="LMHeadModel", heads=("Model", "LMHeadModel", "ForSequenceClassification"),
+               position_tables=("wpe",), word_embeddings="wte", entry="", encoder="", attention=r"h\.\d+\.attn",
+               causal_lm=True),
+        Family("Llama", "llama", default_head="ForCausalLM",
+               heads=("Model", "ForCausalLM", "ForSequenceClassification"),
+               position_tables=(), word_embeddings="embed_tokens", entry="", encoder="",
+               attention=r"layers\.\d+\.self_attn", rotary=True, causal_lm=True),
         # ModernBERT (beyond the authors' converter): rotary positions need no tiling.
         Family("ModernBert", "modernbert", default_head="ForMaskedLM", heads=_ENCODER_HEADS, position_tables=(),
                word_embeddings="embeddings.tok_embeddings", globals_norm=("embeddings.norm", "embeddings.drop"),

@@ -66,7 +66,8 @@ def _softmax_dtype(x: Tensor) -> torch.dtype:
 
 class ChunkCore(Protocol):
     """Attention of the queries of n blocks over one set of their keys. query/grad_out/out (B, H, n, bs, D),
-    key/value (B, H, n, K, D) (possibly strided views), visible (B, 1|H, n, K) bool, lse (B, H, n, bs) in
+    key/value (B, H, n, K, D) (possibly strided views), visible (B, 1|H, n, 1|bs, K) bool (per query row only
+    for the local keys of causal attention), lse (B, H, n, bs) in
     `_softmax_dtype`; `chunk` numbers the key set (dropout masks).
 
     `forward` returns the output and log-sum-exp over this key set alone; a row that sees none of its keys gets
@@ -96,12 +97,11 @@ class FlashCore:
         self.scaling = scaling
 
     def _bias(self, visible: Tensor, dtype: torch.dtype) -> Tensor | None:
-        """Additive mask (1|H, n, 1, K) of one batch element; None when every key is visible (the usual case
+        """Additive mask (1|H, n, 1|bs, K) of one batch element; None when every key is visible (the usual case
         inside a document), which the kernel runs faster."""
         if bool(visible.all()):
             return None
-        bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-        return bias.unsqueeze(-2)
+        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
                 ) -> tuple[Tensor, Tensor]:
@@ -133,7 +133,7 @@ class MatmulCore:
                        ) -> tuple[Tensor, Tensor]:
         """Softmax (B, H, n, bs, K) and its log-sum-exp; pass `lse` to recompute the same probabilities."""
         scores = (query @ key.transpose(-1, -2)).to(_softmax_dtype(query)).mul_(self.scaling)
-        scores.masked_fill_(~visible.unsqueeze(-2), float("-inf"))  # every row keeps its global keys
+        scores.masked_fill_(~visible, float("-inf"))  # every row keeps its global keys
         if lse is None:
             lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no key of this set
         # Clamped, an empty row's probabilities are exp(-inf) = 0 rather than NaN.
@@ -213,8 +213,8 @@ def _key_sets(keys: BlockKeys, start: int, stop: int, chunk: int) -> list[_KeySe
     the keys, so only the remote keys are copied."""
     visible, width = keys.visible[:, :, start:stop], keys.remote_width
     return [
-        _KeySet(*keys.remote(start, stop), visible[..., :width], 2 * chunk - 1, True),
-        _KeySet(*keys.local(start, stop), visible[..., width:], 2 * chunk, False),
+        _KeySet(*keys.remote(start, stop), keys.row_visible(visible[..., :width], local=False), 2 * chunk - 1, True),
+        _KeySet(*keys.local(start, stop), keys.row_visible(visible[..., width:], local=True), 2 * chunk, False),
     ]
 
 
@@ -222,9 +222,10 @@ def _merge(parts: list[tuple[Tensor, Tensor]], sets: list[_KeySet]) -> tuple[Ten
     """Output and log-sum-exp of the rows over all key sets from their (out, lse) over each set:
     lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) * out_i.
 
-    A block that sees no key of a set (a local window that is all padding) takes nothing from it: its lse there
-    is set to -inf whatever the core returned. The remote set always holds the globals, so lse stays finite."""
-    lses = [lse.masked_fill(~keys.visible.any(-1, keepdim=True), float("-inf")) for (_, lse), keys in
+    A row that sees no key of a set (a local window that is all padding, or all padding up to a causal query)
+    takes nothing from it: its lse there is set to -inf whatever the core returned. The remote set always holds
+    the globals, so lse stays finite."""
+    lses = [lse.masked_fill(~keys.visible.any(-1), float("-inf")) for (_, lse), keys in
             zip(parts, sets, strict=True)]
     total = torch.logsumexp(torch.stack(lses), dim=0)
     out = sum((lse - total).exp_().unsqueeze(-1) * part for (part, _), lse in zip(parts, lses, strict=True))
@@ -279,7 +280,7 @@ class _BlockedAttention(torch.autograd.Function):
         G, bs, N = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks
         out = torch.empty_like(query)
         out_global, lse_global = core.forward(query[:, :, None, :G], key[:, :, None], value[:, :, None],
-                                              keys.all_valid[:, None, None], 0)
+                                              keys.all_valid[:, None, None, None], 0)
         out[:, :, :G] = out_global[:, :, 0]
         lse = query.new_empty(B, H, N, bs, dtype=_softmax_dtype(query))
         ranges = chunk_ranges(N, B * H * keys.visible.shape[-1] * D)
@@ -306,7 +307,7 @@ class _BlockedAttention(torch.autograd.Function):
         # The global queries' backward yields full-size key/value gradients: the token chunks add into them.
         grad_q[:, :, :G], grad_k, grad_v = (g[:, :, 0] for g in core.backward(
             grad_out[:, :, None, :G], query[:, :, None, :G], key[:, :, None], value[:, :, None],
-            keys.all_valid[:, None, None], out[:, :, None, :G], lse_global, 0))
+            keys.all_valid[:, None, None, None], out[:, :, None, :G], lse_global, 0))
         blocks = [keys.token_blocks(x) for x in (grad_out, query, out, grad_q)]  # (B, H, N, bs, D) views
         for chunk, (start, stop) in enumerate(ctx.ranges, start=1):
             rows = slice(start, stop)

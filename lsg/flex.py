@@ -119,20 +119,22 @@ def lsg_block_mask(settings: LSGSettings, tokens: int, sparse: int, mask_mod: Ca
                                     seq_lengths=(tokens, keys))
 
 
-def lsg_mask_mod(settings: LSGSettings, token_valid: Tensor, sparse_valid: Tensor | None) -> Callable:
+def lsg_mask_mod(settings: LSGSettings, token_valid: Tensor, sparse_valid: Tensor | None, causal: bool = False
+                 ) -> Callable:
     """The layout as a flex `mask_mod(b, h, q, kv)` over the keys [tokens | S | globals] (`lsg.layout`'s predicates
-    plus validity): token_valid (B, T'), sparse_valid (B, H, S) or None."""
+    plus validity): token_valid (B, T'), sparse_valid (B, H, S) or None. The causal form needs no block mask of
+    its own: it only removes keys from the bidirectional one, whose tiles are all partial."""
     tokens = token_valid.shape[1]
     sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
 
     def local_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         token = kv.clamp(max=tokens - 1)
-        return (kv < tokens) & sees_local(q, token, settings.block_size) & token_valid[b, token]
+        return (kv < tokens) & sees_local(q, token, settings.block_size, causal) & token_valid[b, token]
 
     def sparse_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         entry = kv - tokens
         inside = (entry >= 0) & (entry < sparse)
-        return inside & sees_sparse(q, entry, settings) & sparse_valid[b, h, entry.clamp(0, sparse - 1)]
+        return inside & sees_sparse(q, entry, settings, causal) & sparse_valid[b, h, entry.clamp(0, sparse - 1)]
 
     def global_keys(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         return (kv >= tokens + sparse) & (kv < tokens + sparse + settings.num_global_tokens)
@@ -178,7 +180,7 @@ def _flex_kernel(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, a
         sparse_valid = keys.sparse_valid.expand(B, H, -1)  # (B, H, S)
     parts_k.append(keys.key[:, :, :G])
     parts_v.append(keys.value[:, :, :G])
-    mask_mod = lsg_mask_mod(settings, keys.all_valid[:, G:], sparse_valid)
+    mask_mod = lsg_mask_mod(settings, layout.valid, sparse_valid, layout.causal)
     sparse = 0 if sparse_valid is None else sparse_valid.shape[2]
     block_mask = lsg_block_mask(settings, tokens, sparse, mask_mod, query.device)
     out_tokens = attention(query[:, :, G:].contiguous(), torch.cat(parts_k, 2), torch.cat(parts_v, 2),

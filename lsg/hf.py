@@ -6,8 +6,13 @@
   implementations). The mask function hands
   the (B, T) padding mask through unchanged for bidirectional attention, so no T x T mask is built.
 * Calls from modules LSG does not own (no `lsg_layer_index` stamp: decoder self-attention,
-  cross-attention) go to transformers' SDPA unchanged, after left-padding a 2-D mask to the key
-  length; that padding is exactly "the encoder mask extended with G ones" for cross-attention.
+  cross-attention, the "full" layers of a MASFormer plan) go to transformers' SDPA unchanged, after
+  left-padding a 2-D mask to the key length; that padding is exactly "the encoder mask extended with G
+  ones" for cross-attention. Causal modules (`module.is_causal`) get the causal mask built from it.
+* Decoder-only families (`Family.causal_lm`: GPT-2, Llama) run causal LSG; their G global tokens are
+  a learned key/value prefix of every LSG layer (`lsg_global_keys`/`lsg_global_values` on the attention
+  module), attended by every token and attending to nothing (design §3.7). A KV cache then holds the
+  tokens only; a decoding step's few queries are placed at the end of the cached length.
 * Where the global rows join and leave the hidden states is a per-family table (`lsg.families`):
   after the embeddings (BERT-like), after `layernorm_embedding` (BART, mBART), before the first
   encoder layer (Pegasus); ModernBERT also shifts its rotary position ids by G.
@@ -31,11 +36,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    bidirectional_mask_function,
+    causal_mask_function,
+    sdpa_mask,
+)
 from transformers.utils import ModelOutput
 
 from lsg.attention import AttentionVariant
 from lsg.families import Family, family_of
+from lsg.layout import uses_short_rule
+from lsg.plans import is_full_layer, layer_plan
 from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 
 logger = logging.getLogger(__name__)
@@ -43,8 +55,12 @@ _warn_once = functools.cache(logger.warning)  # once per message, not once per l
 
 
 def lsg_mask(*, attention_mask: Tensor | None = None, mask_function: Any = None, **kwargs: Any) -> Tensor | None:
-    """Mask function registered next to every LSG variant: 2-D padding masks pass through untouched."""
-    if mask_function is bidirectional_mask_function:  # encoder self-attention and cross-attention
+    """Mask function registered next to every LSG variant: 2-D padding masks pass through untouched.
+
+    Also for plain causal masks: LSG's causal kernels take the padding mask, and `_dense_attention` builds the
+    causal mask of the modules LSG does not own. Other mask functions (packed sequences) get transformers' mask.
+    """
+    if mask_function is bidirectional_mask_function or mask_function is causal_mask_function:
         return attention_mask
     return sdpa_mask(attention_mask=attention_mask, mask_function=mask_function, **kwargs)
 
@@ -54,15 +70,28 @@ def _left_pad_mask(mask: Tensor, length: int) -> Tensor:
     return F.pad(mask.bool(), (length - mask.shape[-1], 0), value=True)
 
 
+def _causal_band(queries: int, keys: int, device: torch.device) -> Tensor:
+    """(queries, keys) bool: the queries are the last `queries` of `keys` positions and see no later key."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+
+
 def _dense_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                      **kwargs: Any) -> tuple[Tensor, None]:
+    causal = getattr(module, "is_causal", False) and not getattr(module, "lsg_cross_attention", False)
+    queries, keys = query.shape[-2], key.shape[-2]
     if attention_mask is not None and attention_mask.dim() == 2:
         if getattr(module, "lsg_cross_attention", False) and module.config.mask_first_token:
             # The authors' encoder zeroes the first source token in the caller's mask, which hides it from
             # cross-attention too (design §3.6); reproduced explicitly, on a copy (D11).
             attention_mask = attention_mask.bool().clone()
             attention_mask[:, 0] = False
-        attention_mask = _left_pad_mask(attention_mask, key.shape[-2])[:, None, None, :]
+        attention_mask = _left_pad_mask(attention_mask, keys)[:, None, None, :]
+        if causal:
+            attention_mask = attention_mask & _causal_band(queries, keys, query.device)
+            # A left-padding query that sees no key would give NaN; its output is never used.
+            attention_mask = attention_mask | ~attention_mask.any(-1, keepdim=True)
+    elif attention_mask is None and causal and 1 < queries < keys:  # SDPA's own is_causal aligns top-left
+        attention_mask = _causal_band(queries, keys, query.device)[None, None]
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -92,19 +121,63 @@ def _interface_for(variant_name: str, variant: AttentionVariant) -> Callable[...
         if kwargs.get("output_attentions"):
             _warn_once("LSG attention does not return attention weights; `attentions` will be empty")
         settings = LSGSettings.from_object(module.config)
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        if getattr(module, "lsg_global_keys", None) is not None:
+            output = _causal_prefix_attention(variant, module, query, key, value, attention_mask, settings,
+                                              scaling=scaling, dropout=dropout, layer_index=layer_index)
+            return output.transpose(1, 2).contiguous(), None
         # A plain model running a registered variant (lsg.baselines.swap_attention) has no global rows.
         is_lsg = getattr(module.config, "base_model_prefix", None) == LSG_MARKER
         tokens = key.shape[-2] - (settings.num_global_tokens if is_lsg else 0)
         valid = _token_validity(attention_mask, key.shape[0], tokens, key.device)
-        output = variant(
-            query, key, value, valid, settings,
-            scaling=scaling if scaling is not None else query.shape[-1] ** -0.5,
-            dropout=dropout, training=module.training, layer_index=layer_index,
-        )
+        output = variant(query, key, value, valid, settings, scaling=scaling, dropout=dropout,
+                         training=module.training, layer_index=layer_index)
         return output.transpose(1, 2).contiguous(), None
 
     attention_forward.__name__ = f"{variant_name}_attention_forward"
     return attention_forward
+
+
+def _causal_prefix_attention(variant: AttentionVariant, module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                              attention_mask: Tensor | None, settings: LSGSettings, *, scaling: float, dropout: float,
+                              layer_index: int) -> Tensor:
+    """Causal LSG of a decoder-only layer: (B, H, q, D) queries over (B, H_kv, T, D) keys (T >= q: a KV cache
+    holds the earlier ones), with the layer's G-row global prefix in front. Returns (B, H, q, D).
+
+    The kernels take queries and keys of one length, so a decoding step's q queries are placed at the end of the
+    keys, after zero rows whose outputs are dropped. The keys are first cut to `_causal_reach`, so a step costs
+    the few blocks its queries can see, not the whole sequence.
+    """
+    batch, heads, queries, _ = query.shape
+    valid = _token_validity(attention_mask, batch, key.shape[-2], key.device)
+    start = _causal_reach(key.shape[-2] - queries, key.shape[-2], settings)
+    key, value, valid = key[:, :, start:], value[:, :, start:], valid[:, start:]
+    tokens = key.shape[-2]
+    prefix_k, prefix_v = (p.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+                          for p in (module.lsg_global_keys, module.lsg_global_values))
+    key, value = torch.cat([prefix_k, key], dim=2), torch.cat([prefix_v, value], dim=2)
+    if key.shape[1] != heads:  # grouped-query attention: each key head serves heads / H_kv query heads
+        key, value = (x.repeat_interleave(heads // x.shape[1], dim=1) for x in (key, value))
+    query = F.pad(query, (0, 0, settings.num_global_tokens + tokens - queries, 0))
+    output = variant(query, key, value, valid, settings, scaling=scaling, dropout=dropout, training=module.training,
+                     layer_index=layer_index, causal=True)
+    return output[:, :, -queries:]
+
+
+def _causal_reach(first_query: int, tokens: int, settings: LSGSettings) -> int:
+    """First token (a block start) that causal queries from `first_query` on can see, through their local window
+    (the previous block) or their left sparse window (sbs entries, r per block, before that).
+
+    Dropping the tokens before it changes no output of those queries: the layout and every selector repeat from
+    block to block, except `bos_pooling` (it pools with token 0's key) and the short rule (it applies to the
+    whole sequence), which are not cut. What is left is longer than 2*bs whenever sparse keys are on; without,
+    the short rule over blocks j-1 and j is exactly their causal local window.
+    """
+    bs = settings.block_size
+    if settings.sparsity_type == "bos_pooling" or uses_short_rule(tokens, settings):
+        return 0
+    reach = -(-settings.sparse_block_size // settings.sparse_per_block) if settings.sparse_enabled else 0
+    return max(0, first_query // bs - 1 - reach) * bs
 
 
 def register_with_transformers(name: str, variant: AttentionVariant) -> None:
@@ -129,6 +202,9 @@ def _input_length(args: tuple, kwargs: dict) -> int | None:
 def _check_length(config: PretrainedConfig, family: Family, module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook on the family's entry module: a clear error instead of an index error past the table (D17)."""
     length = _input_length(args, kwargs)
+    past = kwargs.get("past_key_values")
+    if length is not None and past is not None and hasattr(past, "get_seq_length"):  # decoding: the cached tokens too
+        length += past.get_seq_length()
     limit = family.original_length(config)
     if length is not None and length > limit:
         raise ValueError(
@@ -207,17 +283,41 @@ def _rotary_positions_with_globals(config: PretrainedConfig, rotary: nn.Module, 
     return (hidden, torch.cat([front, position_ids + G], dim=-1), *rest), kwargs
 
 
+def _install_causal(config: PretrainedConfig, modules: list[nn.Module], plan: list[str] | None) -> None:
+    """Causal LSG on `modules` (layer order): a G-row key/value prefix on each LSG layer, which `lsg.convert`
+    initialises, and the `lsg_layer_index` stamp."""
+    for index, module in enumerate(modules):
+        if is_full_layer(plan, index):
+            continue
+        kv_heads = getattr(config, "num_key_value_heads", None) or module.num_heads  # Llama: grouped queries
+        shape = (kv_heads, config.num_global_tokens, module.head_dim)
+        module.lsg_global_keys = nn.Parameter(torch.zeros(shape))
+        module.lsg_global_values = nn.Parameter(torch.zeros(shape))
+        module.lsg_layer_index = index
+
+
 def install_lsg(model: PreTrainedModel) -> None:
     """Turn a freshly built model of a supported family into an LSG model, in place.
 
     Adds the 512-row global table (the authors' weight name: `<base>.embeddings.global_embeddings`, or
     `<base>.encoder.global_embeddings` for encoder-decoders), the hooks that prepend the G global rows and
     remove them from encoder-only outputs, and stamps `lsg_layer_index` on every self-attention module LSG
-    owns. Decoder self- and cross-attention are left to transformers' SDPA (design §3.6).
+    owns. Decoder self- and cross-attention are left to transformers' SDPA (design §3.6). Decoder-only
+    families get a key/value prefix per layer instead of global rows (`Family.causal_lm`). The "full" layers
+    of the config's `layer_attention` plan (`lsg.plans`) are not stamped: they run SDPA.
     """
     config = model.config
     family = family_of(config)
     base = model.base_model
+    plan = getattr(config, "layer_attention", None)
+    if plan is not None:  # a hand-edited config.json: a clear error before any layer is touched
+        layer_plan(len(family.attention_modules(base)), layers=plan)
+    if family.causal_lm:  # no global rows, no hooks but the length check
+        base.register_forward_pre_hook(partial(_check_length, config, family), with_kwargs=True)
+        _install_causal(config, family.attention_modules(base), plan)
+        return
+    if getattr(config, "lsg_decoder", False):  # the decoder's layers follow no plan: it is for the encoder's
+        _install_causal(config, family.decoder_attention_modules(base), None)
     width = base.get_submodule(family.word_embeddings).embedding_dim
     base.get_submodule(family.global_table_owner).global_embeddings = nn.Embedding(MAX_GLOBAL_TOKENS, width)
     base.get_submodule(family.entry).register_forward_pre_hook(partial(_check_length, config, family),
@@ -236,6 +336,7 @@ def install_lsg(model: PreTrainedModel) -> None:
         base.register_forward_pre_hook(partial(_shared_padding_mask, config), with_kwargs=True)
         base.rotary_emb.register_forward_pre_hook(partial(_rotary_positions_with_globals, config), with_kwargs=True)
     for index, module in enumerate(family.attention_modules(base)):
-        module.lsg_layer_index = index
+        if not is_full_layer(plan, index):
+            module.lsg_layer_index = index
     for module in family.cross_attention_modules(base):
         module.lsg_cross_attention = True

@@ -28,9 +28,10 @@ TOKENS_ONLY = "lsg_tokens_only"
 
 def tokens_only_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0, causal: bool = False,
 ) -> Tensor:
-    """Dense attention from every query (globals included) to the valid REAL token keys only.
+    """Dense attention from every query (globals included) to the valid REAL token keys only (causal: the tokens
+    up to the query; a global query of a causal model then sees no key).
 
     Same signature and shapes as `lsg.attention.AttentionVariant`. Key grid for G=1, T=3, last token
     padding (rows: queries g, t0, t1, t2; columns: keys g, t0, t1, t2)::
@@ -53,6 +54,8 @@ def tokens_only_attention(
             "use shorter inputs or convert with a larger block_size"
         )
     visible = F.pad(token_valid.bool(), (G, 0), value=False)[:, None, None]  # (B, 1, 1, G+T)
+    if causal:
+        visible = visible & torch.ones(G + T, G + T, dtype=torch.bool, device=key.device).tril()
     return attend(query, key, value, visible, scaling, dropout if training else 0.0)
 
 

@@ -18,6 +18,12 @@ For T real tokens after G global tokens, with bs = block_size, sbs = sparse_bloc
         2     . . 1 1 1 1 1 1    s . . .
         3     . . . . 1 1 1 1    s s . .
 
+Causal (decoder) attention keeps, of the same layout, what lies in the past (design §3.7): the global queries see
+only the global keys; under the short rule a token sees the globals and the tokens up to itself; otherwise a
+query of block j sees the globals, the LEFT sparse window only (entries of blocks j-2 and earlier: every
+selector builds block b's entries from block b's tokens alone, so they hold no later token) and the tokens of
+blocks j-1 and j up to itself. Kernels keep the bidirectional key slots and mask the rest (`causal_local_rows`).
+
 Every kernel (`lsg.attention`, `lsg.fast`, `lsg.flex`), flex's mask_mod and block mask, and the pattern drawing take
 the rule from here. The dense reference (`lsg.reference`) writes it out again on purpose: it is the check.
 The functions take block and token indices as ints or as broadcasting integer tensors.
@@ -122,15 +128,39 @@ def _inside(index: Index, bounds: tuple[Index, Index]) -> Index:
     return (index >= low) & (index < high)
 
 
-def sees_local(query: Index, key: Index, block_size: int) -> Index:
-    """Mask predicate: whether token query `query` sees token key `key` through its local window."""
-    return _inside(key, local_window(query // block_size, block_size))
+def sees_local(query: Index, key: Index, block_size: int, causal: bool = False) -> Index:
+    """Mask predicate: whether token query `query` sees token key `key` through its local window (causal: and
+    `key` is not later than `query`)."""
+    inside = _inside(key, local_window(query // block_size, block_size))
+    return inside & (key <= query) if causal else inside
 
 
-def sees_sparse(query: Index, entry: Index, settings: LSGSettings) -> Index:
-    """Mask predicate: whether token query `query` sees entry `entry` of S through one of its sparse windows.
+def sees_sparse(query: Index, entry: Index, settings: LSGSettings, causal: bool = False) -> Index:
+    """Mask predicate: whether token query `query` sees entry `entry` of S through one of its sparse windows
+    (causal: the left one only).
 
     Entries outside [0, len(S)) are not excluded here: callers bound `entry` to S.
     """
     left, right = sparse_windows(query // settings.block_size, settings)
-    return _inside(entry, left) | _inside(entry, right)
+    return _inside(entry, left) if causal else _inside(entry, left) | _inside(entry, right)
+
+
+def causal_local_rows(block_size: int, device: torch.device | None = None) -> Tensor:
+    """(bs, 3*bs) bool: which of its local window's key slots query row i of a block may see under causal attention.
+
+    The same for every block (slot c of block j is token (j-1)*bs + c), so kernels combine it with the per-block
+    validity. Slots of block j+1 are never seen.
+    """
+    rows = torch.arange(block_size, device=device)[:, None] + block_size  # row i of block 1 is token bs + i
+    return sees_local(rows, torch.arange(local_width(block_size), device=device)[None], block_size, causal=True)
+
+
+def short_rule_visibility(tokens: int, globals_: int, causal: bool, device: torch.device | None = None
+                          ) -> Tensor | None:
+    """(G+T, G+T) bool of the short rule's causal form (globals see the globals, a token the globals and the tokens
+    up to itself), or None when bidirectional (every query sees every key)."""
+    if not causal:
+        return None
+    total = globals_ + tokens
+    query, key = torch.arange(total, device=device)[:, None], torch.arange(total, device=device)[None]
+    return (key < globals_) | ((query >= globals_) & (key <= query))

@@ -36,9 +36,13 @@ def _lsg_config_class(family: Family) -> type[PretrainedConfig]:
     defaults: dict[str, Any] = {f.name: f.default for f in fields(LSGSettings)}
     annotations["base_model_prefix"] = "str"
     defaults["base_model_prefix"] = LSG_MARKER
+    annotations["layer_attention"] = "list[str] | None"  # a MASFormer plan (`lsg.plans`); None: every layer LSG
+    defaults["layer_attention"] = None
     if family.is_encoder_decoder:  # keep the G global states in the encoder output (design §3.6)
         annotations["pass_global_tokens_to_decoder"] = "bool"
         defaults["pass_global_tokens_to_decoder"] = True
+        annotations["lsg_decoder"] = "bool"  # causal LSG in the decoder's self-attention (design §3.7)
+        defaults["lsg_decoder"] = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("attn_implementation", "lsg")

@@ -100,39 +100,50 @@ def _reference_lsh(keys, values, valid, settings, b, h, out_k, out_v, out_m, lay
                 out_k[b, h, s], out_v[b, h, s] = k / w, v / w
 
 
-def reference_visibility(length: int, settings: LSGSettings) -> tuple[Tensor, Tensor]:
+def reference_visibility(length: int, settings: LSGSettings, causal: bool = False) -> tuple[Tensor, Tensor]:
     """Which keys each query may see, from the layout rules, ignoring padding.
 
     Returns bool matrices over queries [globals; tokens] (G+T') x keys [globals; tokens] (G+T') and
     x sparse keys (T'/f), for T' = `length` (already padded when T > 2*bs).
+
+    Causal (design §3.7): a global query sees the globals only; a token query sees the globals, the tokens
+    of its own and the previous block up to itself (every token up to itself under the short rule), and
+    only the LEFT sparse window, which summarises blocks that end before the previous block starts.
     """
     G, bs = settings.num_global_tokens, settings.block_size
     total = G + length
     dense = torch.zeros(total, total, dtype=torch.bool)
     S = length // settings.sparsity_factor if settings.sparse_enabled else 0
     sparse = torch.zeros(total, S, dtype=torch.bool)
-    if length <= 2 * bs:
-        dense[:] = True
-        return dense, sparse
-    dense[:G] = True  # global queries see everything
     dense[:, :G] = True  # everything sees the globals
+    if length <= 2 * bs:
+        for i in range(G, total):
+            dense[i, G : i + 1 if causal else total] = True
+        if not causal:
+            dense[:G] = True
+        return dense, sparse
+    if not causal:
+        dense[:G] = True  # global queries see everything
     r, sbs = (settings.sparse_per_block, settings.sparse_block_size) if S else (0, 0)
     for i in range(length):
         j = i // bs
-        lo, hi = max(0, (j - 1) * bs), min(length, (j + 2) * bs)
+        lo, hi = max(0, (j - 1) * bs), min(length, i + 1 if causal else (j + 2) * bs)
         dense[G + i, G + lo : G + hi] = True
         if S:
-            for start, stop in (((j - 1) * r - sbs, (j - 1) * r), ((j + 2) * r, (j + 2) * r + sbs)):
+            windows = [((j - 1) * r - sbs, (j - 1) * r)] + ([] if causal else [((j + 2) * r, (j + 2) * r + sbs)])
+            for start, stop in windows:
                 sparse[G + i, max(0, start) : max(0, min(S, stop))] = True
     return dense, sparse
 
 
 def reference_lsg_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0, causal: bool = False,
     compute_dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """LSG attention computed densely from the rules (signature of `AttentionVariant`).
+
+    Causal: `bos_pooling` pools with the first token's key instead of its query (a KV cache keeps keys only).
 
     `compute_dtype` defaults to float64 (the truth); tests also run it in bf16/fp16 to measure the error
     a plain low-precision implementation makes, the yardstick for the fast kernel's half-precision error.
@@ -151,12 +162,12 @@ def reference_lsg_attention(
     pad = padded - T
     q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     valid = torch.nn.functional.pad(valid, (0, pad), value=False)
-    dense, sparse = reference_visibility(padded, settings)
+    dense, sparse = reference_visibility(padded, settings, causal)
     keys, values = k, v
     visible = dense[None, None] & torch.cat([torch.ones(B, G, dtype=torch.bool), valid], 1)[:, None, None]
     if sparse.shape[1] and padded > 2 * bs:
         s_k, s_v, s_m = reference_sparse_tokens(
-            k[:, :, G:], v[:, :, G:], valid, q[:, :, G], settings, scaling=scaling,
+            k[:, :, G:], v[:, :, G:], valid, (k if causal else q)[:, :, G], settings, scaling=scaling,
             layer_index=layer_index, training=training,
         )
         keys, values = torch.cat([k, s_k], 2), torch.cat([v, s_v], 2)

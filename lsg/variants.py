@@ -51,7 +51,7 @@ def default_variant_name(query: Tensor, dropout: float, training: bool) -> str:
 
 def lsg_attention(
     query: Tensor, key: Tensor, value: Tensor, token_valid: Tensor, settings: LSGSettings, *,
-    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0,
+    scaling: float, dropout: float = 0.0, training: bool = False, layer_index: int = 0, causal: bool = False,
 ) -> Tensor:
     """LSG attention for one layer on the fastest correct path for the device (see `default_variant_name`).
 
@@ -59,7 +59,7 @@ def lsg_attention(
     """
     variant = ATTENTION_VARIANTS.get(default_variant_name(query, dropout, training))
     return variant(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout, training=training,
-                   layer_index=layer_index)
+                   layer_index=layer_index, causal=causal)
 
 
 ATTENTION_VARIANTS.register("lsg")(lsg_attention)

@@ -203,6 +203,9 @@ def build_bbc_longdoc(n_train: int = 200, n_validation: int = 50, n_test: int = 
     if majority_articles < 3:
         raise ValueError(f"majority_articles={majority_articles} must be >= 3: the lead may hold 2 articles "
                          "of one topic, and the label must stay the strict majority")
+    if 2 * max_article_words < lead_words:  # the lead's rejection sampling would never end
+        raise ValueError(f"max_article_words={max_article_words} must be >= lead_words/2 = {lead_words / 2}: "
+                         "the distractor lead is 1-2 articles")
     pools = {split: [a for a in rows if words(a["text"]) <= max_article_words] for split, rows in bbc_split().items()}
     counts = {"train": n_train, "validation": n_validation, "test": n_test}
     features = _topic_features(article_ids=datasets.Sequence(datasets.Value("string")),

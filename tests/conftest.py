@@ -69,6 +69,13 @@ TINY_CONFIGS = {
         vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
         max_position_embeddings=64, local_attention=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         cls_token_id=1, sep_token_id=2, embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0),
+    # Decoder-only: GPT-2 (learned positions) and Llama (rotary, grouped-query attention with 2 key heads).
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                            eos_token_id=2, pad_token_id=1),
+    "llama": lambda: transformers.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, intermediate_size=37, max_position_embeddings=64,
+                                              bos_token_id=0, eos_token_id=2, pad_token_id=1),
     "bart": lambda: transformers.BartConfig(**_seq2seq_kwargs()),
     "mbart": lambda: transformers.MBartConfig(**_seq2seq_kwargs(scale_embedding=True)),
     "pegasus": lambda: transformers.PegasusConfig(**_seq2seq_kwargs(scale_embedding=True, pad_token_id=0,

@@ -232,7 +232,8 @@ SETTINGS_FLAGS = [
     "--mask-first-token", "--no-mask-first-token", "--pool-with-global", "--no-pool-with-global",
     "--lsh-num-pre-rounds", "--lsh-seed", "--adaptive", "--no-adaptive", "--random-global-init",
     "--no-random-global-init", "--global-positional-stride", "--use-token-ids", "--no-use-token-ids",
-    "--pass-global-tokens-to-decoder", "--no-pass-global-tokens-to-decoder", "--seed",
+    "--pass-global-tokens-to-decoder", "--no-pass-global-tokens-to-decoder", "--lsg-decoder", "--no-lsg-decoder",
+    "--seed",
 ]
 
 

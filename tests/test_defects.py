@@ -87,9 +87,20 @@ def test_d5_half_precision_selectors_keep_the_dtype(dtype, sparsity_type):
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 
-def test_d6_causal_models_are_refused_clearly():
+def test_d6_causal_short_path_and_cache_work():
+    """The authors' causal path crashes for T <= 2*bs and with a KV cache. Here a converted decoder runs both: the
+    short path is dense causal attention (over the global prefix and the tokens), and a cached step equals the full
+    forward. Encoders with is_decoder=True stay refused, clearly."""
+    model = lsg.convert(tiny_model("gpt2"), max_length=128, block_size=16, sparse_block_size=16, **IDS)
+    ids = torch.randint(5, 99, (2, 24))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        prefill = model(input_ids=ids[:, :20], use_cache=True)
+        step = model(input_ids=ids[:, 20:], past_key_values=prefill.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(prefill.logits, full[:, :20], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step, full[:, 20:], atol=1e-5, rtol=0)
     decoder = BertLMHeadModel(BertConfig(**tiny_config_kwargs(is_decoder=True)))
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="is_decoder=True"):
         lsg.convert(decoder, max_length=128, **IDS)
 
 

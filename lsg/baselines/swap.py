@@ -4,6 +4,8 @@
 stamps `lsg_layer_index` on the self-attention modules, which is what makes `lsg.hf` hand the calls to
 the variant instead of SDPA, and calls `set_attn_implementation` with the variant's registered name,
 "table1_<name>" (`lsg.variants`). The stamps are not saved: a reloaded model runs SDPA until swapped again.
+A MASFormer plan (`lsg.plans`) leaves its "full" layers unstamped (SDPA); it is saved in the config as
+`layer_attention`, where the next `swap_attention` on the reloaded model finds it.
 
 A plain model has no global tokens: `lsg.hf` hands the variant every row as a token, with the padding
 mask covering all of them, so left and right padding both work.
@@ -12,6 +14,7 @@ mask covering all of them, so left and right padding both work.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -19,6 +22,7 @@ from transformers import PreTrainedModel
 
 from lsg.baselines import transfer
 from lsg.families import FAMILIES, family_of
+from lsg.plans import is_full_layer, layer_plan
 from lsg.variants import ATTENTION_VARIANTS, TABLE1_PREFIX, register_table1_variants
 
 # The names users pass ("full", "linear", ...); registering them (once) puts them in the interface as "table1_<name>".
@@ -52,12 +56,16 @@ def attention_name(name: str, **params: Any) -> str:
     return full_name
 
 
-def swap_attention(model: PreTrainedModel, name: str, **params: Any) -> PreTrainedModel:
+def swap_attention(model: PreTrainedModel, name: str, *, layers: Sequence[str] | None = None,
+                   full_every: int | None = None, full_layers: Sequence[int] | None = None,
+                   **params: Any) -> PreTrainedModel:
     """Make `model` (BERT/RoBERTa family, plain or LSG-converted) use Table-1 attention `name`, in place.
 
     Args:
         model: the model; its weights are untouched.
         name: one of `TABLE1_ATTENTIONS`.
+        layers, full_every, full_layers: a MASFormer plan (`lsg.plans.layer_plan`): its "full" layers keep
+            transformers' SDPA. Default: the plan saved in the config (`layer_attention`), else every layer.
         **params: the variant's parameters (e.g. `num_features=128` for "performer"), see
             `lsg.baselines.attentions` and `lsg.baselines.reformer`.
 
@@ -66,10 +74,16 @@ def swap_attention(model: PreTrainedModel, name: str, **params: Any) -> PreTrain
     """
     full_name = attention_name(name, **params)
     family = family_of(model.config)
-    base = model.base_model
-    for index, attention in enumerate(family.attention_modules(base)):
-        if getattr(attention, "lsg_layer_index", None) is None:
+    modules = family.attention_modules(model.base_model)
+    plan = layer_plan(len(modules), layers=layers, full_every=full_every, full_layers=full_layers)
+    if plan is None:
+        plan = getattr(model.config, "layer_attention", None)
+    for index, attention in enumerate(modules):
+        if is_full_layer(plan, index):
+            attention.__dict__.pop("lsg_layer_index", None)
+        elif getattr(attention, "lsg_layer_index", None) is None:
             attention.lsg_layer_index = index
+    model.config.layer_attention = plan
     model.set_attn_implementation(full_name)
     return model
 

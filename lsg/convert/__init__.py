@@ -22,6 +22,7 @@ import argparse
 import copy
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from lsg.convert.flags import add_flags, from_flags
 from lsg.families import FAMILIES, Family, family_of, supported_architectures
 from lsg.hub import is_local_path, offline_hint, push_folder, write_model_card
 from lsg.modeling import CONFIG_CLASSES, check_complete_save, lsg_model_class
+from lsg.plans import layer_plan
 from lsg.positions import initial_global_table, tile_positions
 from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
 from lsg.validation import check_bool, check_int
@@ -55,6 +57,8 @@ class ConversionSettings:
         use_token_ids: BERT family: add token-type row 0 to the global rows (as the authors' converter).
         pass_global_tokens_to_decoder: encoder-decoders: keep the G global states in the encoder output, where
             cross-attention sees them (design §3.6); ignored by encoder-only families.
+        lsg_decoder: encoder-decoders: causal LSG in the decoder's self-attention too, with a key/value prefix
+            as its global tokens (design §3.7); ignored by the other families.
         seed: seeds every random draw of the conversion (random_global_init; the CLI's new heads).
     """
 
@@ -62,6 +66,7 @@ class ConversionSettings:
     global_positional_stride: int = 64
     use_token_ids: bool = True
     pass_global_tokens_to_decoder: bool = True
+    lsg_decoder: bool = False
     seed: int = 123
 
     def __post_init__(self) -> None:
@@ -111,9 +116,10 @@ def _as_tokenizer(tokenizer: Any) -> PreTrainedTokenizerBase | None:
 
 def special_token_ids(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, bos_token_id: int | None,
-    mask_token_id: int | None,
+    mask_token_id: int | None, *, mask_optional: bool = False,
 ) -> tuple[int, int]:
-    """(first-token id, mask id) for the global init: BOS, else CLS, else config.bos_token_id; and MASK."""
+    """(first-token id, mask id) for the global init: BOS, else CLS, else config.bos_token_id; and MASK (with
+    `mask_optional`, as decoder-only vocabularies often have no mask token, the first-token id stands in)."""
     if (bos_token_id is None or mask_token_id is None) and tokenizer is None:
         tokenizer = _tokenizer_next_to(model)
     first = bos_token_id
@@ -122,6 +128,8 @@ def special_token_ids(
     if first is None:
         first = getattr(model.config, "bos_token_id", None)
     mask = mask_token_id if mask_token_id is not None else getattr(tokenizer, "mask_token_id", None)
+    if mask is None and mask_optional:
+        mask = first
     missing = [name for name, value in (("bos_token_id", first), ("mask_token_id", mask)) if value is None]
     if missing:
         raise ValueError(
@@ -151,7 +159,8 @@ def check_source(config: PretrainedConfig, max_length: int) -> Family:
     if config.model_type != family.model_type:
         raise ValueError(f"model is already an LSG model ({config.model_type}); convert its source instead")
     if getattr(config, "is_decoder", False):
-        raise ValueError("is_decoder=True (causal) models are not supported by lsg.convert yet; use an encoder")
+        raise ValueError("encoders with is_decoder=True are not supported by lsg.convert; use them as encoders "
+                         "(is_decoder=False) or convert a decoder-only model (GPT-2, Llama)")
     if family.globals_before_point and getattr(config, "encoder_layerdrop", 0.0) > 0:
         raise ValueError(
             f"encoder_layerdrop={config.encoder_layerdrop} would skip the layer that adds the global tokens; "
@@ -173,6 +182,9 @@ def convert(
     bos_token_id: int | None = None,
     mask_token_id: int | None = None,
     max_sequence_length: int | None = None,
+    layers: Sequence[str] | None = None,
+    full_every: int | None = None,
+    full_layers: Sequence[int] | None = None,
     **keywords: Any,
 ) -> PreTrainedModel:
     """Return an LSG copy of `model` (same head class family, same weights, longer positions).
@@ -187,6 +199,8 @@ def convert(
         max_length: L, new maximum number of tokens (alias `max_sequence_length`, the authors' name).
         conversion: how the new rows are initialised (default `ConversionSettings()`).
         bos_token_id, mask_token_id: ids for the global init when there is no tokenizer.
+        layers, full_every, full_layers: a MASFormer plan, full attention in some layers (`lsg.plans.layer_plan`);
+            saved in the config as `layer_attention`. Default: every layer LSG.
         **keywords: any field of `LSGSettings` or `ConversionSettings` under the authors' names
             (block_size=..., sparsity_type=..., seed=...); each replaces that field of `settings`/`conversion`.
 
@@ -204,14 +218,20 @@ def convert(
     family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
     offset = family.position_offset
-    first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
+    first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id,
+                                          mask_optional=family.causal_lm)
+    plan = layer_plan(len(family.attention_modules(model.base_model)), layers=layers, full_every=full_every,
+                      full_layers=full_layers)
 
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
     config_dict.update(settings.to_dict(), max_position_embeddings=max_length + family.saved_position_offset,
                        architectures=[f"LSG{type(model).__name__}"])
     if family.is_encoder_decoder:
         config_dict["pass_global_tokens_to_decoder"] = conversion.pass_global_tokens_to_decoder
+        config_dict["lsg_decoder"] = conversion.lsg_decoder
+    config_dict["layer_attention"] = plan
     config = CONFIG_CLASSES[family.model_type](**config_dict)
+    config.max_position_embeddings = max_length + family.saved_position_offset  # GPT-2's is an alias (n_positions)
     converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
 
     prefix = "" if suffix == "Model" else f"{model.base_model_prefix}."
@@ -229,11 +249,14 @@ def convert(
     )
     # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
     words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
-    state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
-        positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id, mask_token_id=mask_id,
-        stride=conversion.global_positional_stride, token_type_row=type_row,
-        random_init=conversion.random_global_init, seed=conversion.seed,
-    )
+    if family.causal_lm or conversion.lsg_decoder:
+        state.update(global_prefix(model, converted, [first_id] + [mask_id] * (settings.num_global_tokens - 1)))
+    if not family.causal_lm:
+        state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
+            positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id,
+            mask_token_id=mask_id, stride=conversion.global_positional_stride, token_type_row=type_row,
+            random_init=conversion.random_global_init, seed=conversion.seed,
+        )
     result = converted.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"weight transfer incomplete: missing {result.missing_keys}, "
@@ -245,6 +268,29 @@ def convert(
     if tokenizer is not None:
         tokenizer.model_max_length = max_length
     return converted
+
+
+@torch.no_grad()
+def global_prefix(model: PreTrainedModel, converted: PreTrainedModel, token_ids: list[int]) -> dict[str, torch.Tensor]:
+    """Initial key/value prefix of every causal LSG layer (decoder-only models, the decoder of an encoder-decoder;
+    design §3.7): the keys and values the source model itself gives the tokens `token_ids` (BOS, then the mask id
+    or BOS again) at positions 0..G-1, read from its KV cache (an encoder-decoder also reads them as its source).
+    State-dict entries of `converted`."""
+    training = model.training
+    model.eval()  # no dropout in the initial values
+    try:
+        ids = torch.tensor([token_ids], device=model.device)
+        inputs = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
+        cache = model.base_model(input_ids=ids, use_cache=True, **inputs).past_key_values
+    finally:
+        model.train(training)
+    cache = getattr(cache, "self_attention_cache", cache)
+    state = {}
+    for name, module in converted.named_modules():
+        if getattr(module, "lsg_global_keys", None) is not None:
+            layer = cache.layers[module.lsg_layer_index]
+            state[f"{name}.lsg_global_keys"], state[f"{name}.lsg_global_values"] = layer.keys[0], layer.values[0]
+    return state
 
 
 # --- command line ---------------------------------------------------------------------------------------------
@@ -288,7 +334,8 @@ def _print_architectures() -> None:
         positions = ("rotary (no tiling)" if not family.position_tables
                      else "sinusoidal (rebuilt)" if family.sinusoidal_positions
                      else f"learned, tiled (offset {family.position_offset})")
-        kind = "encoder-decoder (LSG encoder)" if family.is_encoder_decoder else "encoder"
+        kind = ("decoder-only (causal LSG)" if family.causal_lm
+                else "encoder-decoder (LSG encoder)" if family.is_encoder_decoder else "encoder")
         heads = sorted(family.heads, key=lambda suffix: suffix != family.default_head)
         print(f"{family.model_type}: {kind}, positions {positions}")
         print("    " + ", ".join(family.name + suffix for suffix in heads))
