@@ -105,12 +105,14 @@ class SinusoidalPositions(PositionScheme):
         return hidden + sinusoids(positions, self.width).to(hidden.dtype)
 
 
-def rotate_pairs(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate the interleaved pairs (x_2i, x_2i+1) of x (..., T, D) by angles (T, D/2):
-    (x_2i cos a - x_2i+1 sin a, x_2i sin a + x_2i+1 cos a)."""
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+def rotate_pairs(x: Tensor, factors: Tensor) -> Tensor:
+    """Multiply the interleaved pairs (x_2i, x_2i+1) of x (..., T, D), read as complex numbers x_2i + i x_2i+1, by
+    `factors` (T, D/2) complex: with factors = s e^{i a}, pair i is rotated by a and scaled by s, i.e.
+    s (x_2i cos a - x_2i+1 sin a, x_2i sin a + x_2i+1 cos a). One complex product: cheap in time and memory."""
+    dtype = torch.promote_types(x.dtype, torch.float32)  # no complex half on every device: compute in float32+
+    pairs = torch.view_as_complex(x.to(dtype).unflatten(-1, (-1, 2)).contiguous())
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return torch.view_as_real(pairs * factors.to(complex_dtype)).flatten(-2).to(x.dtype)
 
 
 def rotary_angles(positions: Tensor, head_dim: int) -> Tensor:
@@ -134,7 +136,8 @@ class RotaryPositions(_Rotary):
 
     def transform(self, query: Tensor, key: Tensor, positions: Tensor, scaling: float) -> tuple[Tensor, Tensor]:
         angles = rotary_angles(positions, self.head_dim)
-        return rotate_pairs(query, angles), rotate_pairs(key, angles)
+        rotation = torch.polar(torch.ones_like(angles), angles)
+        return rotate_pairs(query, rotation), rotate_pairs(key, rotation)
 
 
 def xpos_decay(head_dim: int, gamma: float = XPOS_GAMMA) -> Tensor:
@@ -166,10 +169,8 @@ class XPosPositions(_Rotary):
         angles = rotary_angles(positions, self.head_dim)
         centre = (int(positions.min()) + int(positions.max())) // 2
         exponent = (positions.to(torch.float64) - centre)[:, None] / self.scale_base
-        scale = self.decay.to(positions.device) ** exponent  # (T, D/2)
-        scale = scale.repeat_interleave(2, dim=-1)  # both features of pair i decay alike
-        return (rotate_pairs(query, angles) * scale.to(query.dtype),
-                rotate_pairs(key, angles) / scale.to(key.dtype))
+        scale = self.decay.to(positions.device) ** exponent  # (T, D/2): both features of pair i decay alike
+        return rotate_pairs(query, torch.polar(scale, angles)), rotate_pairs(key, torch.polar(1 / scale, angles))
 
 
 def alibi_slopes(heads: int) -> Tensor:
