@@ -72,7 +72,8 @@ POSITION_SCHEMES.register("none")(PositionScheme)
 
 @POSITION_SCHEMES.register("learned")
 class LearnedPositions(PositionScheme):
-    """Learned absolute positions (GPT-2): hidden[n] + P[n], P a (L, width) table trained with the model.
+    """Learned absolute positions (GPT-2): hidden[n] + P[n], P a (L, width) table trained with the model, drawn
+    from N(0, 1) (nn.Embedding's default).
 
     Beyond the L trained rows the table is tiled (`lsg.positions.tile_positions`, the rule LSG conversion uses):
     position n reads row n mod L.
@@ -81,7 +82,6 @@ class LearnedPositions(PositionScheme):
     def __init__(self, *, width: int, heads: int, max_length: int) -> None:
         super().__init__(width=width, heads=heads, max_length=max_length)
         self.table = nn.Embedding(max_length, width)
-        nn.init.normal_(self.table.weight, std=0.02)
 
     def embed(self, hidden: Tensor, positions: Tensor) -> Tensor:
         rows = tile_positions(self.table.weight, int(positions.max()) + 1, offset=0)

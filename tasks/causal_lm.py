@@ -102,11 +102,14 @@ class CausalLM(nn.Module):
         self.tokens = nn.Embedding(config.vocab_size, config.width)
         self.positions = position_scheme(config.positions, width=config.width, heads=config.heads,
                                          max_length=config.max_length)
-        self.global_rows = nn.Parameter(torch.randn(config.global_tokens, config.width) * 0.02)
+        self.global_rows = nn.Parameter(torch.randn(config.global_tokens, config.width))
         self.blocks = nn.ModuleList(Block(config, index) for index in range(config.layers))
         self.norm = nn.LayerNorm(config.width)
         self.drop = nn.Dropout(config.dropout)
-        nn.init.normal_(self.tokens.weight, std=0.02)
+        # Token embeddings enter at rms ~1 (scaled by sqrt(width), as in the original Transformer), the scale of
+        # absolute position vectors: at GPT-2's 0.02 a sinusoidal table (rms 0.7) would drown the tokens. The
+        # tied output projection sees the unscaled table (std width^-0.5): logits start at std ~1.
+        nn.init.normal_(self.tokens.weight, std=config.width ** -0.5)
         self.set_attention(attention, settings)
 
     def set_attention(self, name: str, settings: LSGSettings | None = None) -> None:
@@ -120,7 +123,7 @@ class CausalLM(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         B, T = ids.shape
         G = self.config.global_tokens
-        x = torch.cat([self.global_rows.expand(B, G, -1), self.tokens(ids)], dim=1)
+        x = torch.cat([self.global_rows.expand(B, G, -1), self.tokens(ids) * self.config.width ** 0.5], dim=1)
         positions = torch.arange(G + T, device=ids.device)
         x = self.drop(self.positions.embed(x, positions))
         valid = torch.ones(B, T, dtype=torch.bool, device=ids.device)

@@ -168,8 +168,8 @@ def test_blockwise_kernel_equals_dense_masked_attention(length, block):
     value = torch.randn(2, 2, length, 4, dtype=F64)
     valid = torch.ones(2, length, dtype=torch.bool)
     valid[1, : length // 3] = False  # left padding: those queries are discarded, the others must not see them
-    got = ATTENTION_VARIANTS.get("lsg_blockwise_causal")(query, key, value, valid, LSGSettings(block_size=block, sparsity_type=None),
-                                                         scaling=0.4)
+    settings = LSGSettings(block_size=block, sparsity_type=None)
+    got = ATTENTION_VARIANTS.get("lsg_blockwise_causal")(query, key, value, valid, settings, scaling=0.4)
     want = dense_reference(query, key, value, brute_force_blockwise(length, block), valid, 0.4)
     # compare the real queries' outputs, (queries, H, D)
     torch.testing.assert_close(got.transpose(1, 2)[valid], want.transpose(1, 2)[valid], rtol=1e-10, atol=1e-10)
