@@ -1,6 +1,6 @@
 """Experiment `lex_extrapolation`: train small decoders at length L, score perplexity at longer lengths (LEX).
 
-    python -m tasks.lex --scale smoke [overrides]   # make lex scale=smoke: offline, 2 CPU cores, ~15 min
+    python -m tasks.lex --scale smoke [overrides]   # make lex scale=smoke: offline, 2 CPU cores, 10-20 min
     python -m tasks.lex --scale paper [overrides]   # make lex scale=paper: LEX's arXiv setting, GPU
 
 The config is Hydra's (`conf/lex.yaml` + `conf/experiment/lex_extrapolation/<scale>.yaml`, schema `LexConfig`

@@ -131,3 +131,16 @@ def test_the_experiment_writes_table_plot_and_results(tmp_path):
     assert "xpos-causal.pt" in models and "rope-causal.pt" in models
     again = lex.run(cfg)  # trained decoders are reused: same numbers
     assert math.isclose(again["rows"][0]["perplexity"]["64"], results["rows"][0]["perplexity"]["64"])
+
+
+@pytest.mark.slow
+def test_document_segments_take_the_start_of_long_documents_in_bpe_tokens():
+    """LEX's protocol (paper scale): each segment is the first E + 1 tokens of one document long enough."""
+    tokenizer = lex.Tokenizer("gpt3")
+    # GPT-2's ids (15496, 995) after the 4 special ids of tasks.pretrain.byte_bpe_tokenizer
+    assert tokenizer.vocab_size > 50_000 and tokenizer.encode("Hello world") == [15500, 999]
+    data = lex.LexData(tokenizer="gpt3", eval_split="train", eval_segments="documents", eval_tokens=512)
+    segments = lex.eval_segments(data, tokenizer, 256)
+    assert segments.shape == (2, 257)
+    long_enough = (ids for ids in map(tokenizer.encode, lex.wiki_texts("train")) if len(ids) > 256)
+    assert segments.tolist() == [next(long_enough)[:257], next(long_enough)[:257]]
