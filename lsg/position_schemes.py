@@ -162,14 +162,15 @@ class XPosPositions(_Rotary):
         super().__init__(width=width, heads=heads, max_length=max_length)
         check_range("gamma", gamma, 0.0)
         check_range("scale_base", scale_base, 1e-9)
-        self.scale_base = float(scale_base)
-        self.register_buffer("decay", xpos_decay(self.head_dim, gamma), persistent=False)
+        # Plain numbers, not buffers: `model.half()` would round the decay of every pair.
+        self.gamma, self.scale_base = float(gamma), float(scale_base)
 
     def transform(self, query: Tensor, key: Tensor, positions: Tensor, scaling: float) -> tuple[Tensor, Tensor]:
         angles = rotary_angles(positions, self.head_dim)
         centre = (int(positions.min()) + int(positions.max())) // 2
         exponent = (positions.to(torch.float64) - centre)[:, None] / self.scale_base
-        scale = self.decay.to(positions.device) ** exponent  # (T, D/2): both features of pair i decay alike
+        decay = xpos_decay(self.head_dim, self.gamma).to(positions.device)
+        scale = decay ** exponent  # (T, D/2): both features of pair i decay alike
         return rotate_pairs(query, torch.polar(scale, angles)), rotate_pairs(key, torch.polar(1 / scale, angles))
 
 
@@ -201,13 +202,10 @@ class ALiBiPositions(PositionScheme):
 
     extra_features = 1
 
-    def __init__(self, *, width: int, heads: int, max_length: int) -> None:
-        super().__init__(width=width, heads=heads, max_length=max_length)
-        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
-
     def transform(self, query: Tensor, key: Tensor, positions: Tensor, scaling: float) -> tuple[Tensor, Tensor]:
         centre = (int(positions.min()) + int(positions.max())) // 2
-        bias = self.slopes.to(positions.device)[:, None] * (positions.to(torch.float64) - centre) / scaling  # (H, T)
+        slopes = alibi_slopes(self.heads).to(positions.device)
+        bias = slopes[:, None] * (positions.to(torch.float64) - centre) / scaling  # (H, T)
         ones = query.new_ones(*query.shape[:-1], 1)
         key_feature = bias[:, :, None].to(key.dtype).expand(*key.shape[:-1], 1)
         return torch.cat([query, ones], dim=-1), torch.cat([key, key_feature], dim=-1)
