@@ -354,7 +354,7 @@ def trained_model(row: LexRow, cfg: LexConfig, tokenizer: Tokenizer, models_dir:
     torch.manual_seed(cfg.train.seed)
     model = CausalLM(decoder, *row_attention(row, cfg)) if settings else CausalLM(decoder)
     if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved["identity"] == json.loads(json.dumps(identity)):
             model.load_state_dict(saved["state"])
             log.info("reusing %s", path)
