@@ -18,7 +18,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo table1 table2 table3 masformer bench test test-full lint format pattern clean
+.PHONY: help install run demo table1 table2 table3 masformer lex bench test test-full lint format pattern clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,10 +50,10 @@ bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/ben
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 scale ?= smoke
-# At paper scale Tables 1 and 2 read the hub (roberta-base, the datasets): the offline switch is lifted there only.
-table1 table2: export HF_HUB_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table1 table2: export HF_DATASETS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table1 table2: export TRANSFORMERS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+# At paper scale Tables 1, 2 and lex read the hub (checkpoints, datasets): the offline switch is lifted there only.
+table1 table2 lex: export HF_HUB_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+table1 table2 lex: export HF_DATASETS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+table1 table2 lex: export TRANSFORMERS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
 table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU
 	$(PY) -m tasks.table1 --scale $(scale)
 
@@ -68,6 +68,10 @@ table3: $(STAMP)  ## paper Table 3: parameter counts from architecture configs i
 
 masformer: $(STAMP)  ## MASFormer plans: 0, 1/6, 1/3, all layers full at one budget -> runs/masformer/<scale>/ (scale=smoke: offline CPU)
 	$(PY) -m tasks.masformer --scale $(scale)
+
+# LEX_ARGS: Hydra overrides of conf/lex.yaml, e.g. LEX_ARGS="train.steps=100"
+lex: $(STAMP)  ## LEX length extrapolation: decoders trained at L, perplexity at L..8L -> runs/lex (scale=smoke|paper)
+	$(PY) -m tasks.lex --scale $(scale) $(LEX_ARGS)
 
 test: $(STAMP)  ## fast test suite (skips @slow), offline
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -15,6 +15,8 @@ Importing this module (`import lsg` does) registers the LSG variants:
 | "lsg_blocked" | `lsg.attention` | the plain kernel, every block's keys gathered at once: the tested baseline |
 | "lsg_reference" | `lsg.reference` | dense float64 reference, for checking |
 | "lsg_tokens_only" | `lsg.invariants` | dense over the real tokens, globals hidden (invariant I3) |
+| "lsg_causal_dense" | `lsg.blockwise` | ordinary causal attention, for decoders (no global tokens) |
+| "lsg_blockwise_causal" | `lsg.blockwise` | LEX's blockwise causal attention, block = `block_size` (no global tokens) |
 
 The paper's Table-1 comparison attentions (`lsg.baselines`) are opt-in: `register_table1_variants`, which
 importing `lsg.baselines` calls, registers them under the prefix "table1_" ("table1_full", "table1_local", ...),
@@ -26,6 +28,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lsg.attention import AttentionVariant, lsg_blocked_attention
+from lsg.blockwise import blockwise_causal_attention, causal_dense_attention
 from lsg.fast import lsg_fast_attention
 from lsg.flex import lsg_flex_attention
 from lsg.hf import register_with_transformers
@@ -68,6 +71,8 @@ ATTENTION_VARIANTS.register("lsg_flex")(lsg_flex_attention)
 ATTENTION_VARIANTS.register("lsg_blocked")(lsg_blocked_attention)
 ATTENTION_VARIANTS.register("lsg_reference")(reference_lsg_attention)
 ATTENTION_VARIANTS.register(TOKENS_ONLY)(tokens_only_attention)
+ATTENTION_VARIANTS.register("lsg_causal_dense")(causal_dense_attention)
+ATTENTION_VARIANTS.register("lsg_blockwise_causal")(blockwise_causal_attention)
 
 
 def register_table1_variants() -> tuple[str, ...]:

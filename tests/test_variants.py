@@ -19,7 +19,7 @@ from lsg.variants import ATTENTION_VARIANTS, TABLE1_PREFIX
 PACKAGE = Path(lsg.__file__).parent
 # Modules that compute attention: plain functions, unaware of names and of transformers' interfaces.
 KERNELS = ("lsg.layout", "lsg.attention", "lsg.fast", "lsg.flex", "lsg.reference", "lsg.invariants",
-           "lsg.baselines.attentions", "lsg.baselines.reformer")
+           "lsg.baselines.attentions", "lsg.baselines.reformer", "lsg.blockwise")
 
 
 def test_no_generic_baseline_name_enters_the_transformers_interfaces():
