@@ -199,7 +199,6 @@ def convert(
     settings, conversion = _apply_keywords(settings, conversion, keywords)
     family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
-    offset = family.position_offset
     first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id)
 
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_CONFIG_KEYS}
