@@ -173,15 +173,17 @@ def is_head_parameter(model: PreTrainedModel, name: str) -> bool:
 def apply_tuning(model: PreTrainedModel, cfg: TrainerConfig) -> dict[str, int]:
     """Freeze what trainer.tune / trainer.freeze_layers say; returns trainable and total parameter counts.
 
-    * tune=global_tokens (paper Tables 4-7, "+ global tuning"): only the global-token embeddings and the
-      task head (everything outside the base model, plus the pooler) learn.
+    * tune=global_tokens (paper Tables 4-7, "+ global tuning"): only the global-token embeddings learn, plus,
+      for encoders, the task head (everything outside the base model, plus the pooler), which is new; a
+      seq2seq model's LM head is pretrained (and bert2bert names no base model: every weight would be "head").
     * freeze_layers=N: the embeddings (global ones included) and encoder layers 0..N-1 are frozen, so
       backward stops at layer N: the CPU budget of `make run`.
     """
+    seq2seq = model.config.is_encoder_decoder
     for name, parameter in model.named_parameters():
         in_head = is_head_parameter(model, name)
         if cfg.tune == "global_tokens":
-            parameter.requires_grad = in_head or "global_embeddings" in name
+            parameter.requires_grad = "global_embeddings" in name or (in_head and not seq2seq)
         elif cfg.freeze_layers and not in_head:
             layer = _LAYER_INDEX.search(name)
             parameter.requires_grad = layer is not None and int(layer.group(1)) >= cfg.freeze_layers
