@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -94,5 +95,7 @@ def test_report_prints_every_row_in_the_papers_layout(tmp_path):
     assert "| Ours (4K) | 4096 | 47.0 | 21.0 | 43.0 | 47.37 / 21.74 / 43.67 | -0.4 / -0.7 / -0.7 |" in text
     assert "| Ours (16K) | 16384 | 47.0 | 21.0 | 43.0 | 48.03 / 22.42 / 44.32 |" in text
     assert "Missing runs (no metrics.json): + full tuning." in text
-    csv_text = paths[2].read_text()
-    assert "table4,paper,+ global tuning,False,RL,rougeLsum,16384,43.0,,1,44.4,-1.4,ok" in csv_text
+    rows = list(csv.DictReader(paths[2].open()))
+    (rl,) = [r for r in rows if r["row"] == "+ global tuning" and r["metric"] == "RL"]
+    assert (rl["metric_key"], rl["input_length"], rl["status"], rl["cited"]) == ("rougeLsum", "16384", "ok", "False")
+    assert float(rl["diff"]) == pytest.approx(43.0 - 44.40)
