@@ -77,3 +77,22 @@ def test_rouge_references_are_the_full_gold_summaries():
     with pytest.raises(ValueError, match="needs the evaluated split's raw rows"):
         kind.compute_metrics(task, tokenizer)
     assert np.asarray(truncated_labels).shape[1] == 8
+
+
+def test_global_tuning_of_a_bert2bert_trains_the_global_embeddings_only():
+    """bert2bert names no base model, so "outside the base model" (an encoder's new head) would be every weight."""
+    from transformers import BertConfig, BertLMHeadModel, BertModel, EncoderDecoderModel
+
+    import lsg
+    from tasks.config import TrainerConfig
+    from tasks.models import apply_tuning
+
+    small = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    encoder = lsg.convert(BertModel(BertConfig(**small)), max_length=1024, bos_token_id=0, mask_token_id=4,
+                          num_global_tokens=4)
+    decoder = BertLMHeadModel(BertConfig(**small, is_decoder=True, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    counts = apply_tuning(model, TrainerConfig(name="cpu", tune="global_tokens"))
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert trainable == ["encoder.embeddings.global_embeddings.weight"]
+    assert counts["trainable_parameters"] == 512 * 32
