@@ -18,10 +18,10 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo table1 table2 table3 masformer lex bench test test-full lint format pattern clean
+.PHONY: help install run demo table1 table2 table3 table4 table5 table6 table7 masformer lex bench test test-full lint format pattern clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,10 +50,11 @@ bench: $(STAMP)  ## benchmark vs full attention, Longformer, BigBird -> runs/ben
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 scale ?= smoke
-# At paper scale Tables 1, 2 and lex read the hub (checkpoints, datasets): the offline switch is lifted there only.
-table1 table2 lex: export HF_HUB_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table1 table2 lex: export HF_DATASETS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
-table1 table2 lex: export TRANSFORMERS_OFFLINE = $(if $(filter paper,$(scale)),0,1)
+# At paper (and published) scale the tables and lex read the hub (checkpoints, datasets): the offline switch is lifted there only.
+ONLINE_SCALES := paper published
+table1 table2 table4 table5 table6 table7 lex: export HF_HUB_OFFLINE = $(if $(filter $(ONLINE_SCALES),$(scale)),0,1)
+table1 table2 table4 table5 table6 table7 lex: export HF_DATASETS_OFFLINE = $(if $(filter $(ONLINE_SCALES),$(scale)),0,1)
+table1 table2 table4 table5 table6 table7 lex: export TRANSFORMERS_OFFLINE = $(if $(filter $(ONLINE_SCALES),$(scale)),0,1)
 table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke offline on CPU, scale=paper on GPU
 	$(PY) -m tasks.table1 --scale $(scale)
 
@@ -62,6 +63,13 @@ table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke of
 table2: scale = $(if $(filter command line,$(origin scale)),$(scale),paper)
 table2: $(STAMP)  ## paper Table 2 as a sweep: scale=paper (GPU) or scale=smoke (offline CPU); dry_run=true lists the runs
 	$(PY) -m tasks.tables table2 --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds))
+
+# Tables 4-7 (summarization) as Table 2: scale=paper (GPU: the 4K run, then the three 16K runs chained from its final/),
+# scale=published (the authors' checkpoints evaluated), scale=smoke (offline CPU; the four tables share its runs).
+table4 table5 table6 table7: scale = $(if $(filter command line,$(origin scale)),$(scale),paper)
+table4:  ## paper Tables 4-7 (also table5, table6, table7): scale=paper|published|smoke; dry_run=true lists the chain
+table4 table5 table6 table7: $(STAMP)
+	$(PY) -m tasks.tables $@ --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds))
 
 table3: $(STAMP)  ## paper Table 3: parameter counts from architecture configs in the repo (offline), beside the paper's
 	$(PY) -m tasks.table3

@@ -5,7 +5,7 @@ with transformers and the `lsg_<type>` model types with the Auto classes (`lsg.m
 checkpoints load with `AutoModel*.from_pretrained` as well as with `lsg.load`.
 """
 
-from lsg.convert import ConversionSettings, convert
+from lsg.convert import ConversionSettings, convert, extend
 from lsg.families import supported_architectures
 from lsg.modeling import load
 from lsg.selectors import SPARSE_SELECTORS
@@ -21,6 +21,7 @@ __all__ = [
     "ConversionSettings",
     "LSGSettings",
     "convert",
+    "extend",
     "load",
     "lsg_attention",
     "supported_architectures",

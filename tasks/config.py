@@ -124,6 +124,9 @@ class DataConfig:
 
     hub_id: str | None = None
     config_name: str | None = None
+    # read the hub's parquet conversion of hub_id (revision refs/convert/parquet, `<config>/<split>/*.parquet`)
+    # instead of its files: for repositories that only hold a dataset script, which datasets >= 4 no longer runs
+    hub_parquet: bool = False
     path: str | None = None  # local dir with <split>.{jsonl,json,csv,parquet}: replaces the hub dataset
     builder: str | None = None  # offline builder in tasks/data.py (bbc_topic, bbc_longdoc, ...)
     builder_args: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import datasets
 
@@ -31,6 +32,7 @@ SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 BBC_SPLIT = {"train": 0.7, "validation": 0.1, "test": 0.2}
+PARQUET_REVISION = "refs/convert/parquet"  # the hub's automatic parquet export of every dataset repository
 
 DATA_BUILDERS: Registry[Callable[..., datasets.DatasetDict]] = Registry("offline data builder")
 
@@ -64,18 +66,36 @@ def load_splits(data: DataConfig) -> datasets.DatasetDict:
 
 def _load_hub(data: DataConfig) -> datasets.DatasetDict:
     try:
+        if data.hub_parquet:
+            return load_split_dirs(parquet_conversion_root(data), data)
         return datasets.load_dataset(data.hub_id, data.config_name)
     except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, offline mode all land here
         config = f", config {data.config_name!r}" if data.config_name else ""
         # Either variable alone blocks the download (datasets reads HF_DATASETS_OFFLINE first).
         cause = offline_hint(DATASET_VARIABLES) or f"{type(error).__name__}: {str(error)[:200]}"
+        download = (f"  hf download {data.hub_id} --repo-type dataset --revision {PARQUET_REVISION} "
+                    f"--local-dir DIR   # then task.data.path=DIR/{data.config_name or 'default'}\n"
+                    if data.hub_parquet else "")
         raise DatasetUnavailableError(
             f"could not load hub dataset {data.hub_id!r}{config}: {cause}\n"
             f"If the hub is unreachable from here, download the splits elsewhere and point the task at them:\n"
+            f"{download}"
             f"  python run.py ... task.data.path=/path/to/dir   # holding train/validation/test "
-            f".jsonl, .json, .csv or .parquet files with the fields {data.text_field!r} and "
+            f".jsonl, .json, .csv or .parquet files (or <split>/*.parquet) with the fields {data.text_field!r} and "
             f"{data.target_field or data.label_field!r}"
         ) from error
+
+
+def parquet_conversion_root(data: DataConfig) -> str:
+    """`hf://` folder of the dataset's config in the hub's parquet conversion (no dataset script runs)."""
+    return f"hf://datasets/{data.hub_id}@{quote(PARQUET_REVISION, safe='')}/{data.config_name or 'default'}"
+
+
+def load_split_dirs(root: str, data: DataConfig) -> datasets.DatasetDict:
+    """Splits laid out as the hub's parquet conversion: `<root>/<split>/*.parquet` (split names as in
+    task.data.splits), local or `hf://`."""
+    names = [name for name in (data.splits.train, data.splits.validation, data.splits.test) if name is not None]
+    return datasets.load_dataset("parquet", data_files={name: f"{root}/{name}/*.parquet" for name in names})
 
 
 def _load_local(path: Path, data: DataConfig) -> datasets.DatasetDict:
@@ -89,6 +109,8 @@ def local_files(path: Path, data: DataConfig) -> dict[str, Path]:
     task.data.splits), or one file = train. All of one format; raises naming task.data.path otherwise."""
     if path.is_file():
         files = {data.splits.train: path}
+    elif path.is_dir() and (path / data.splits.train).is_dir():  # a downloaded parquet conversion folder
+        return load_split_dirs(str(path), data)
     elif path.is_dir():
         found = [p for p in sorted(path.iterdir()) if p.suffix in FILE_FORMATS]
         files = {p.stem: p for p in found}

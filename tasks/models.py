@@ -2,12 +2,15 @@
 
 * `attention=original`: the checkpoint as is (inputs truncated to model.max_length, e.g. 512).
 * `attention=lsg`: `lsg.convert(base, tokenizer, model.lsg, max_length=..., conversion=model.conversion)`
-  (paper §3), unless the checkpoint already is a converted LSG dir (config model_type `lsg_*`), which
-  `lsg.load` reads.
+  (paper §3), unless the checkpoint already is an LSG model (ours, `lsg_*`, or the authors' marked config, e.g.
+  a 4K run's `final/`), which `lsg.load` reads and `lsg.extend` grows to model.max_length and
+  model.lsg.num_global_tokens when they exceed the saved values (the paper's 16K rows); its other LSG
+  settings are the saved ones.
 * `attention=longformer|bigbird`: `lsg.baselines.to_longformer` / `to_bigbird` (imported lazily).
 * `architecture=bart`: AutoModelForSeq2SeqLM, encoder converted by `lsg.convert` when attention=lsg.
 * `architecture=bert2bert`: transformers' EncoderDecoderModel warm-started from one encoder checkpoint
-  (the offline seq2seq: no BART weights ship on PyPI); the encoder is converted to LSG.
+  (the offline seq2seq: no BART weights ship on PyPI); the encoder is converted to LSG. A trained bert2bert
+  directory (a run's `final/`) is loaded whole, its LSG encoder extended as above.
 
 Also `apply_tuning`: which parameters learn (trainer.tune, trainer.freeze_layers).
 """
@@ -22,10 +25,12 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase
 
 import lsg
+from lsg.convert import is_lsg_model
 from lsg.hub import offline_hint
 from tasks.config import ModelConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
+SEQ2SEQ_HEAD = "ForConditionalGeneration"  # the head class of a task kind's head "seq2seq"
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
 
@@ -83,12 +88,14 @@ def check_original_length(cfg: ModelConfig, config: transformers.PretrainedConfi
 def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase, **head_kwargs: Any) -> PreTrainedModel:
     """The model of `cfg` with the task's head (`head` = "ForSequenceClassification", "ForMaskedLM" or "seq2seq")."""
     source = _source_config(cfg.checkpoint)
-    if source.model_type.startswith("lsg_"):  # already converted: its LSG settings are the saved ones
-        log.info("loading the converted LSG checkpoint %s (model.lsg is ignored)", cfg.checkpoint)
-        family = lsg.families.family_of(source)
-        return lsg.load(cfg.checkpoint, architecture=f"{family.name}{head}", **head_kwargs)
     if cfg.architecture == "bert2bert":
-        return _bert2bert(cfg, tokenizer)
+        return _bert2bert(cfg, tokenizer, source)
+    if is_lsg_model(source):  # already converted (ours or the authors'): its LSG settings are the saved ones
+        log.info("loading the LSG checkpoint %s (model.lsg other than num_global_tokens is ignored)", cfg.checkpoint)
+        family = lsg.families.family_of(source)
+        suffix = SEQ2SEQ_HEAD if head == "seq2seq" else head
+        return _extended(lsg.load(cfg.checkpoint, architecture=f"{family.name}{suffix}", **head_kwargs), tokenizer,
+                         cfg)
     auto = transformers.AutoModelForSeq2SeqLM if cfg.architecture == "bart" else getattr(
         transformers, lsg.families.AUTO_CLASS_OF_SUFFIX[head])
     try:
@@ -112,14 +119,35 @@ def build_model(cfg: ModelConfig, head: str, tokenizer: PreTrainedTokenizerBase,
                                 num_random_blocks=cfg.num_random_blocks)
 
 
-def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> EncoderDecoderModel:
-    """EncoderDecoderModel from one BERT checkpoint: LSG encoder, causal decoder with new cross-attention."""
+def _extended(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig) -> PreTrainedModel:
+    """The LSG `model` grown to model.max_length / model.lsg.num_global_tokens where they exceed its own."""
+    config = model.config
+    saved = {"max_length": lsg.families.family_of(config).original_length(config),
+             "num_global_tokens": config.num_global_tokens}
+    asked = {"max_length": cfg.max_length, "num_global_tokens": cfg.lsg.num_global_tokens}
+    grow = {key: asked[key] for key in saved if asked[key] > saved[key]}
+    for key in sorted(set(saved) - set(grow)):
+        if asked[key] < saved[key]:
+            log.info("%s=%d asked, the checkpoint has %d: kept (extension only grows)", key, asked[key], saved[key])
+    if not grow:
+        return model
+    log.info("extending the LSG checkpoint: %s -> %s", saved, grow)
+    return lsg.extend(model, tokenizer, **grow, conversion=cfg.conversion_settings())
+
+
+def _bert2bert(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase,
+               source: transformers.PretrainedConfig) -> EncoderDecoderModel:
+    """EncoderDecoderModel from one BERT checkpoint (LSG encoder, causal decoder with new cross-attention), or
+    a trained bert2bert directory whose LSG encoder is extended as asked."""
     try:
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.checkpoint, cfg.checkpoint)
+        model = (EncoderDecoderModel.from_pretrained(cfg.checkpoint) if source.model_type == "encoder-decoder"
+                 else EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.checkpoint, cfg.checkpoint))
     except (OSError, ValueError) as error:
         raise _checkpoint_error(cfg.checkpoint, error) from error
     encoder = model.encoder
-    if cfg.attention == "lsg":
+    if is_lsg_model(encoder.config):
+        encoder = _extended(encoder, tokenizer, cfg)
+    elif cfg.attention == "lsg":
         encoder = _to_lsg(encoder, tokenizer, cfg)
     else:
         check_original_length(cfg, encoder.config)
@@ -159,15 +187,17 @@ def is_head_parameter(model: PreTrainedModel, name: str) -> bool:
 def apply_tuning(model: PreTrainedModel, cfg: TrainerConfig) -> dict[str, int]:
     """Freeze what trainer.tune / trainer.freeze_layers say; returns trainable and total parameter counts.
 
-    * tune=global_tokens (paper Tables 4-7, "+ global tuning"): only the global-token embeddings and the
-      task head (everything outside the base model, plus the pooler) learn.
+    * tune=global_tokens (paper Tables 4-7, "+ global tuning"): only the global-token embeddings learn, plus,
+      for encoders, the task head (everything outside the base model, plus the pooler), which is new; a
+      seq2seq model's LM head is pretrained (and bert2bert names no base model: every weight would be "head").
     * freeze_layers=N: the embeddings (global ones included) and encoder layers 0..N-1 are frozen, so
       backward stops at layer N: the CPU budget of `make run`.
     """
+    seq2seq = model.config.is_encoder_decoder
     for name, parameter in model.named_parameters():
         in_head = is_head_parameter(model, name)
         if cfg.tune == "global_tokens":
-            parameter.requires_grad = in_head or "global_embeddings" in name
+            parameter.requires_grad = "global_embeddings" in name or (in_head and not seq2seq)
         elif cfg.freeze_layers and not in_head:
             layer = _LAYER_INDEX.search(name)
             parameter.requires_grad = layer is not None and int(layer.group(1)) >= cfg.freeze_layers

@@ -1,10 +1,15 @@
-"""A table in the paper's layout: rows x datasets, ours (mean ± std over seeds) beside the paper's value and
-the difference, missing runs marked. Written by `python -m tasks.tables` as `<runs>/<table>/table.md`, `.tex`,
-`.csv` and `.png` (per dataset: each row's bar, the paper's value as a black marker).
+"""A table in the paper's layout: ours (mean ± std over seeds) beside the paper's value and the difference, missing
+runs marked. Written by `python -m tasks.tables` as `table.md`, `.tex`, `.csv` and `.png`.
 
-Cells read `ours micro / macro (paper p / p, Δ d / d)`; a planned run without metrics.json reads `—` and is
-listed under the table; a cell the paper leaves empty reads `n/a`; at smoke scale the paper's columns are
-other datasets, so its sub-cells read `n/a (smoke)`.
+Table 2 (rows x datasets): cells read `ours micro / macro (paper p / p, Δ d / d)`; a planned run without
+metrics.json reads `—` and is listed under the table; a cell the paper leaves empty reads `n/a`; at smoke scale
+the paper's columns are other datasets, so its sub-cells read `n/a (smoke)`. The plot: per dataset, each row's
+bar, the paper's value as a black marker.
+
+Tables 4-7 (one dataset, R1 / R2 / RL): every printed row in order; cited rows show the paper's numbers only,
+marked cited; our four rows show ours, the input length, the paper's numbers and the difference (no difference
+at smoke scale, whose data are not the paper's). RL is the table's convention (`rl` in the paper file: ROUGE-Lsum
+or sentence-level ROUGE-L). The plot: ROUGE against input length, the 4K row beside the three 16K rows.
 """
 
 from __future__ import annotations
@@ -135,21 +140,160 @@ def plot(spec: dict[str, Any], entries: list[dict[str, Any]], columns: list[str]
     plt.close(fig)
 
 
-def write(table: str, scale: str, root: Path, planned: list[Any]) -> list[Path]:
-    """Write table.md/.tex/.csv/.png of `table` under `root` from its runs' metrics.json; returns the paths."""
-    from tasks.tables import datasets, paper_table
-
-    spec = paper_table(table)
-    columns = datasets(spec, scale)
-    entries = cells(spec, scale, root, planned)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = [root / f"table.{ext}" for ext in ("md", "tex", "csv", "png")]
-    paths[0].write_text(markdown(spec, scale, entries, columns), encoding="utf-8")
-    paths[1].write_text(latex(spec, scale, entries, columns), encoding="utf-8")
-    with open(paths[2], "w", newline="", encoding="utf-8") as f:
+def _write_csv(path: Path, table: str, scale: str, entries: list[dict[str, Any]]) -> None:
+    """Long format: one line per entry, with the table and the scale."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["table", "scale", *[k for k in entries[0] if k != "order"]])
         writer.writeheader()
         writer.writerows({"table": table, "scale": scale, **{k: v for k, v in e.items() if k != "order"}}
                          for e in entries)
+
+
+def write(table: str, scale: str, root: Path, planned: list[Any],
+          run_dirs: dict[Any, str] | None = None) -> list[Path]:
+    """Write table.md/.tex/.csv/.png of `table` under `root` from its runs' metrics.json; returns the paths.
+
+    `run_dirs` (planned run -> its run dir) is where Tables 4-7 read their rows: their four runs share one
+    model and task, so only the run directory tells them apart.
+    """
+    from tasks.tables import datasets, is_chained, paper_table
+
+    spec = paper_table(table)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"table.{ext}" for ext in ("md", "tex", "csv", "png")]
+    if is_chained(spec):
+        entries = rouge_cells(spec, scale, planned, run_dirs or {})
+        paths[0].write_text(rouge_markdown(spec, scale, entries), encoding="utf-8")
+        paths[1].write_text(rouge_latex(spec, scale, entries), encoding="utf-8")
+        _write_csv(paths[2], table, scale, entries)
+        rouge_plot(spec, scale, entries, paths[3])
+        return paths
+    columns = datasets(spec, scale)
+    entries = cells(spec, scale, root, planned)
+    paths[0].write_text(markdown(spec, scale, entries, columns), encoding="utf-8")
+    paths[1].write_text(latex(spec, scale, entries, columns), encoding="utf-8")
+    _write_csv(paths[2], table, scale, entries)
     plot(spec, entries, columns, paths[3])
     return paths
+
+
+# --- Tables 4-7: ROUGE --------------------------------------------------------------------------------------
+
+ROUGE_LABELS = ("R1", "R2", "RL")
+
+
+def _rouge_metrics(spec: dict[str, Any]) -> tuple[str, str, str]:
+    """The metrics.json keys of R1, R2 and the table's RL convention."""
+    return "rouge1", "rouge2", spec["rl"]
+
+
+def rouge_cells(spec: dict[str, Any], scale: str, planned: list[Any],
+                run_dirs: dict[Any, str]) -> list[dict[str, Any]]:
+    """One entry per (printed row, R1/R2/RL): ours (mean, std, seeds, input length), the paper's, the difference
+    (paper scale and published only), status: cited, ok, missing (planned, no metrics.json) or not run."""
+    from tasks.report import read_record
+
+    out = []
+    for index, row in enumerate(spec["rows"]):
+        mine = [run for run in planned if not row.get("cited") and run.row == row["row"]]
+        records = [r for r in (read_record(Path(run_dirs[run]) / "metrics.json") for run in mine if run in run_dirs)
+                   if r is not None]
+        lengths = sorted({r["max_length"] for r in records})
+        for label, metric, reference in zip(ROUGE_LABELS, _rouge_metrics(spec), row["values"], strict=True):
+            values = [r["metrics"][metric] for r in records if metric in r["metrics"]]
+            ours = _stats(values) if values else None
+            status = "cited" if row.get("cited") else ("ok" if ours else "missing") if mine else "not run"
+            comparable = ours is not None and scale != "smoke"
+            out.append({"row": row["row"], "order": index, "cited": bool(row.get("cited")), "metric": label,
+                        "metric_key": metric, "input_length": lengths[0] if lengths else None,
+                        "ours_mean": ours[0] if ours else None, "ours_std": ours[1] if ours else None,
+                        "n_seeds": len(values), "paper": reference,
+                        "diff": ours[0] - reference if comparable else None, "status": status})
+    return out
+
+
+def _rouge_row(entries: list[dict[str, Any]]) -> list[str]:
+    """[input, R1, R2, RL, paper R1/R2/RL, Δ] texts of one printed row."""
+    first = entries[0]
+    paper = " / ".join(f"{e['paper']:.2f}" for e in entries)
+    if first["status"] in ("cited", "not run"):
+        ours = ["cited" if first["cited"] else "n/a"] * 3
+        return ["", *ours, paper, ""]
+    ours = [_ours(None if e["ours_mean"] is None else (e["ours_mean"], e["ours_std"])) for e in entries]
+    diff = " / ".join(f"{e['diff']:+.1f}" for e in entries) if first["diff"] is not None else ""
+    return [str(first["input_length"] or ""), *ours, paper, diff]
+
+
+def _rows(spec: dict[str, Any], entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    return [(row, _rouge_row([e for e in entries if e["order"] == index]))
+            for index, row in enumerate(spec["rows"])]
+
+
+def _dataset_label(spec: dict[str, Any], scale: str) -> str:
+    from tasks.tables import datasets
+
+    paper = next(iter(spec["datasets"].values()))["label"]
+    return paper if scale != "smoke" else f"{datasets(spec, scale)[0]} (smoke stand-in for {paper})"
+
+
+def rouge_markdown(spec: dict[str, Any], scale: str, entries: list[dict[str, Any]]) -> str:
+    rl = "ROUGE-Lsum" if spec["rl"] == "rougeLsum" else "sentence-level ROUGE-L"
+    comparison = ("the paper's numbers are for its dataset, shown for reference: no difference is taken"
+                  if scale == "smoke" else "Δ = ours - paper")
+    lines = [f"Table {spec['name'].removeprefix('table')} ({spec['caption']}) at {scale} scale on "
+             f"{_dataset_label(spec, scale)} (git {git_revision() or '?'}): R1 / R2 / RL in percent, RL = {rl}; "
+             f"{comparison}. Cited rows are other papers' numbers as the authors printed them.", "",
+             "| model | input tokens | R1 | R2 | RL | paper R1 / R2 / RL | Δ R1 / R2 / RL |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    missing = []
+    for row, texts in _rows(spec, entries):
+        lines.append(f"| {row['row']}{' (cited)' if row.get('cited') else ''} | " + " | ".join(texts) + " |")
+        if any(e["status"] == "missing" and e["row"] == row["row"] for e in entries):
+            missing.append(row["row"])
+    if missing:
+        lines += ["", "Missing runs (no metrics.json): " + "; ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def rouge_latex(spec: dict[str, Any], scale: str, entries: list[dict[str, Any]]) -> str:
+    lines = [r"\begin{tabular}{lcccccc}", r"\toprule",
+             r"Model & Input & R1 & R2 & RL & Paper R1 / R2 / RL & $\Delta$ \\", r"\midrule"]
+    for row, texts in _rows(spec, entries):
+        name = row["row"] + (" (cited)" if row.get("cited") else "")
+        lines.append(name.replace("+", r"$+$") + " & " + " & ".join(t.replace("±", r"$\pm$") for t in texts)
+                     + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def rouge_plot(spec: dict[str, Any], scale: str, entries: list[dict[str, Any]], path: Path) -> None:
+    """R1, R2, RL against input length: our rows (the 4K one and the three 16K ones) as filled markers, the
+    paper's same rows at the paper's lengths as hollow ones (not at smoke scale: other data, other lengths)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.tables import paper_table
+
+    lengths = {run["row"]: 16384 if run.get("after") else 4096 for run in paper_table(spec["name"])["runs"]}
+    markers = dict(zip(lengths, ("o", "s", "^", "D"), strict=False))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, label in zip(axes, ROUGE_LABELS, strict=True):
+        for row, marker in markers.items():
+            (entry,) = [e for e in entries if e["row"] == row and e["metric"] == label]
+            if entry["ours_mean"] is not None:
+                ax.errorbar(entry["input_length"], entry["ours_mean"], yerr=entry["ours_std"] or 0, marker=marker,
+                            linestyle="none", markersize=8, label=f"{row} (ours)")
+            if scale != "smoke":
+                ax.plot(lengths[row], entry["paper"], marker=marker, markerfacecolor="none", color="black",
+                        linestyle="none", markersize=8, label=f"{row} (paper)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("input tokens")
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{spec['caption']} {scale} scale ({_dataset_label(spec, scale)})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

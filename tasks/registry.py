@@ -63,8 +63,10 @@ class TaskKind(ABC):
                tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         """Metrics in the paper's units (tasks/metrics.py) of one evaluation's predictions."""
 
-    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        """EvalPrediction -> `scores`, the callable the Trainer takes."""
+    def compute_metrics(self, task: TaskConfig, tokenizer: PreTrainedTokenizerBase,
+                        rows: datasets.Dataset | None = None) -> Callable:
+        """EvalPrediction -> `scores`, the callable the Trainer takes; `rows` are the evaluated split's raw rows,
+        in order (seq2seq scores against their full gold targets)."""
         return partial(self.scores, task=task, tokenizer=tokenizer)
 
     def preprocess_logits(self) -> Callable | None:

@@ -246,7 +246,7 @@ def _run_held(cfg: RunConfig, state: PartialState, current: dict[str, Any], star
         train_dataset=encoded["train"],
         data_collator=kind.collator(tokenizer, cfg.task, model),
         processing_class=tokenizer,
-        compute_metrics=kind.compute_metrics(cfg.task, tokenizer),
+        compute_metrics=kind.compute_metrics(cfg.task, tokenizer, splits[cfg.trainer.eval_split]),
         preprocess_logits_for_metrics=kind.preprocess_logits(),
         callbacks=[JsonlLog(run_dir / "train_log.jsonl"), clock, *callbacks],
         optimizers=(optimizer_for(model, cfg), None),  # the scheduler (linear decay) is the Trainer's

@@ -39,8 +39,10 @@ def test_table4_tasks_and_tuning_modes_get_their_own_directories(run_dir):
     summarization = {run_dir("experiment=table4_summarization", f"task={task}")
                      for task in ("pubmed", "arxiv_sum", "multinews", "mediasum")}
     assert len(summarization) == 4
-    extrapolation = {run_dir("experiment=table4_16k_global", *overrides)
-                     for overrides in ([], ["trainer.tune=all"], ["trainer.do_train=false"])}
+    long = ("experiment=table4_summarization", "model.max_length=16384", "task.max_length=16384")
+    extrapolation = {run_dir(*long, *overrides) for overrides in (
+        ["model.lsg.num_global_tokens=64", "trainer.tune=global_tokens"], ["model.lsg.num_global_tokens=64"],
+        ["trainer.do_train=false"])}
     assert len(extrapolation) == 3
 
 

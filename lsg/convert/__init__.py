@@ -22,7 +22,7 @@ import argparse
 import copy
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from lsg.hub import is_local_path, offline_hint, push_folder, write_model_card
 from lsg.modeling import CONFIG_CLASSES, check_complete_save, lsg_model_class
 from lsg.plans import layer_plan
 from lsg.positions import initial_global_table, tile_positions
-from lsg.settings import MAX_GLOBAL_TOKENS, LSGSettings
+from lsg.settings import LSG_MARKER, MAX_GLOBAL_TOKENS, LSGSettings
 from lsg.validation import check_bool, check_int
 
 # Longest L accepted: the tiled position table alone is L x hidden floats (3 GB at 2^20 x 768), and the paper
@@ -172,6 +172,26 @@ def check_source(config: PretrainedConfig, max_length: int) -> Family:
     return family
 
 
+def _initial_globals(model: PreTrainedModel, family: Family, first_id: int, mask_id: int,
+                     conversion: ConversionSettings) -> torch.Tensor:
+    """The full global table (MAX_GLOBAL_TOKENS rows) built from `model`'s current embeddings (design §2.3)."""
+    source = model.base_model
+    offset = family.position_offset
+    positions = (source.get_submodule(family.position_tables[0]).weight.detach()[offset:]
+                 if family.position_tables else None)  # rotary: globals get no position term
+    type_row = (
+        source.embeddings.token_type_embeddings.weight.detach()[0]
+        if family.token_type_in_globals and conversion.use_token_ids else None
+    )
+    # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
+    words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
+    return initial_global_table(
+        positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id, mask_token_id=mask_id,
+        stride=conversion.global_positional_stride, token_type_row=type_row,
+        random_init=conversion.random_global_init, seed=conversion.seed,
+    )
+
+
 def convert(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -217,7 +237,6 @@ def convert(
     tokenizer = _as_tokenizer(tokenizer)
     family = check_source(model.config, max_length)
     suffix = _head_suffix(model, family)
-    offset = family.position_offset
     first_id, mask_id = special_token_ids(model, tokenizer, bos_token_id, mask_token_id,
                                           mask_optional=family.causal_lm)
     plan = layer_plan(len(family.attention_modules(model.base_model)), layers=layers, full_every=full_every,
@@ -230,33 +249,37 @@ def convert(
         config_dict["pass_global_tokens_to_decoder"] = conversion.pass_global_tokens_to_decoder
         config_dict["lsg_decoder"] = conversion.lsg_decoder
     config_dict["layer_attention"] = plan
+
+    def global_state(converted: PreTrainedModel, prefix: str) -> dict[str, torch.Tensor]:
+        state = {}
+        if family.causal_lm or conversion.lsg_decoder:  # causal layers: a key/value prefix (design §3.7)
+            state.update(global_prefix(model, converted, [first_id] + [mask_id] * (settings.num_global_tokens - 1)))
+        if not family.causal_lm:
+            state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = _initial_globals(
+                model, family, first_id, mask_id, conversion)
+        return state
+
+    return _rebuild(model, family, suffix, config_dict, max_length, tokenizer, global_state)
+
+
+def _rebuild(model: PreTrainedModel, family: Family, suffix: str, config_dict: dict[str, Any], max_length: int,
+             tokenizer: PreTrainedTokenizerBase | None,
+             global_state: Callable[[PreTrainedModel, str], dict[str, torch.Tensor]]) -> PreTrainedModel:
+    """The LSG model of `config_dict` holding `model`'s weights, position tables tiled to `max_length` and the
+    global entries `global_state(converted, prefix)` (table and/or causal prefix): the one weight transfer of
+    `convert` and `extend`."""
     config = CONFIG_CLASSES[family.model_type](**config_dict)
     config.max_position_embeddings = max_length + family.saved_position_offset  # GPT-2's is an alias (n_positions)
     converted = lsg_model_class(family, suffix)._from_config(config, dtype=model.dtype)
-
     prefix = "" if suffix == "Model" else f"{model.base_model_prefix}."
     source = model.base_model
     state = dict(model.state_dict())
     for path in family.position_tables:
         key = f"{prefix}{path}.weight"
         state[key] = (converted.state_dict()[key] if family.sinusoidal_positions  # a function of L: rebuilt
-                      else tile_positions(source.get_submodule(path).weight.detach(), max_length, offset))
-    positions = (source.get_submodule(family.position_tables[0]).weight.detach()[offset:]
-                 if family.position_tables else None)  # rotary: globals get no position term
-    type_row = (
-        source.embeddings.token_type_embeddings.weight.detach()[0]
-        if family.token_type_in_globals and conversion.use_token_ids else None
-    )
-    # Rows are built as the model embeds a token (D13): the word table times the model's embedding scale.
-    words = source.get_submodule(family.word_embeddings).weight.detach() * family.word_scale(model.config)
-    if family.causal_lm or conversion.lsg_decoder:
-        state.update(global_prefix(model, converted, [first_id] + [mask_id] * (settings.num_global_tokens - 1)))
-    if not family.causal_lm:
-        state[f"{prefix}{family.global_table_owner}.global_embeddings.weight"] = initial_global_table(
-            positions=positions, words=words, rows=MAX_GLOBAL_TOKENS, first_token_id=first_id,
-            mask_token_id=mask_id, stride=conversion.global_positional_stride, token_type_row=type_row,
-            random_init=conversion.random_global_init, seed=conversion.seed,
-        )
+                      else tile_positions(source.get_submodule(path).weight.detach(), max_length,
+                                          family.position_offset))
+    state.update(global_state(converted, prefix))
     result = converted.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"weight transfer incomplete: missing {result.missing_keys}, "
@@ -293,6 +316,83 @@ def global_prefix(model: PreTrainedModel, converted: PreTrainedModel, token_ids:
     return state
 
 
+def is_lsg_model(config: PretrainedConfig) -> bool:
+    """Whether `config` is an LSG model's (this library's `lsg_<type>`, or the authors' marked config)."""
+    architectures = getattr(config, "architectures", None) or []
+    return (str(getattr(config, "model_type", "")).startswith("lsg_")
+            or getattr(config, "base_model_prefix", None) == LSG_MARKER or any("LSG" in a for a in architectures))
+
+
+def extend(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    max_length: int | None = None,
+    num_global_tokens: int | None = None,
+    conversion: ConversionSettings | None = None,
+    bos_token_id: int | None = None,
+    mask_token_id: int | None = None,
+) -> PreTrainedModel:
+    """Return a copy of the LSG `model` reading longer inputs and/or more global tokens (the paper's 16K rows).
+
+    What the authors' converter calls `--resize_lsg`: the position tables are tiled to `max_length` by the
+    rule of `convert` (a 4096-row table becomes 4 copies at 16384: new[k] = old[k mod 4096]); the global rows
+    the model already uses (its `num_global_tokens`, trained or not) are kept, and rows from there up to the
+    new count are initialised as `convert` does, from the model's current word and position embeddings.
+    Everything else (every LSG setting, every weight) is unchanged, so an input the old model could read gives
+    the same outputs when only the length grows (design §2.5).
+
+    Args:
+        model: an LSG model (`lsg.convert`'s, or `lsg.load`'s of the authors' checkpoints); not modified.
+        tokenizer: as in `convert` (ids of the new global rows; its model_max_length follows max_length).
+        max_length: new L, >= the model's (default: unchanged).
+        num_global_tokens: new G, >= the model's, <= 512 (default: unchanged).
+        conversion: how the new global rows are initialised (default `ConversionSettings()`).
+        bos_token_id, mask_token_id: ids for the global init when there is no tokenizer.
+
+    Raises:
+        ValueError: `model` is no LSG model, or a value would shrink the model, before any weight is copied.
+    """
+    config = model.config
+    if not is_lsg_model(config):
+        raise ValueError(f"model is a {config.model_type!r} model, not an LSG one; use lsg.convert to convert it")
+    family = family_of(config)
+    suffix = family.suffix_of(type(model).__name__)
+    if suffix is None or type(model) is not lsg_model_class(family, suffix):
+        raise ValueError(f"{type(model).__name__} is no LSG head class; load the model with lsg.load")
+    length = family.original_length(config)
+    saved_globals = config.num_global_tokens
+    max_length = length if max_length is None else max_length
+    num_global_tokens = saved_globals if num_global_tokens is None else num_global_tokens
+    check_int("max_length", max_length, length, MAX_LENGTH, hint=f"{length} is the model's maximum length; extend only grows")
+    check_int("num_global_tokens", num_global_tokens, saved_globals, MAX_GLOBAL_TOKENS,
+              hint=f"{saved_globals} global tokens are in use; extend only adds")
+    conversion = conversion or ConversionSettings()
+    new_globals = num_global_tokens > saved_globals
+    if new_globals and (family.causal_lm or getattr(config, "lsg_decoder", False)):
+        # A causal layer's globals are a learned key/value prefix of G rows per layer (design §3.7): new rows
+        # would need the source model's cache, which an LSG model no longer has.
+        raise ValueError(f"num_global_tokens={num_global_tokens}: a causal LSG model keeps its {saved_globals} "
+                         "global tokens (its key/value prefix); extend grows max_length only")
+    first_id, mask_id = (special_token_ids(model, tokenizer, bos_token_id, mask_token_id) if new_globals
+                         else (0, 0))  # unused: no new row is built
+
+    def global_state(converted: PreTrainedModel, prefix: str) -> dict[str, torch.Tensor]:
+        if family.causal_lm:  # the prefix is among the copied weights, unchanged
+            return {}
+        owner = model.base_model.get_submodule(family.global_table_owner)
+        table = owner.global_embeddings.weight.detach().clone()
+        if new_globals:
+            fresh = _initial_globals(model, family, first_id, mask_id, conversion)
+            table[saved_globals:] = fresh[saved_globals:]
+        return {f"{prefix}{family.global_table_owner}.global_embeddings.weight": table}
+
+    config_dict = {k: v for k, v in config.to_dict().items() if k == "architectures" or k not in _DROPPED_CONFIG_KEYS}
+    config_dict.update(max_position_embeddings=max_length + family.saved_position_offset,
+                       num_global_tokens=num_global_tokens)
+    return _rebuild(model, family, suffix, config_dict, max_length, tokenizer, global_state)
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 def _head_class_for(config: Any, architecture: str | None) -> type[PreTrainedModel]:
@@ -309,7 +409,9 @@ def _head_class_for(config: Any, architecture: str | None) -> type[PreTrainedMod
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lsg.convert",
-        description="Convert a BERT/RoBERTa checkpoint (hub id or local dir) to LSG attention and save it.",
+        description="Convert a checkpoint (hub id or local dir) to LSG attention and save it. Given an LSG "
+                    "checkpoint, extend it instead (lsg.extend): only --max-length and --num-global-tokens apply, "
+                    "both growing the saved values (positions tiled, existing global tokens kept).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--list", action="store_true", help="print the supported architectures and exit")
@@ -398,6 +500,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         settings = from_flags(LSGSettings, args)
         conversion = from_flags(ConversionSettings, args)
         config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
+        if is_lsg_model(config):
+            return _extend_checkpoint(parser, args, conversion)
         check_source(config, args.max_length)
         head_class = _head_class_for(config, args.architecture)
     except OSError as error:  # not a local directory, and the hub could not be asked (or has no such repo)
@@ -417,9 +521,31 @@ def main(argv: list[str] | None = None) -> Path | None:
     return args.out
 
 
+def _extend_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       conversion: ConversionSettings) -> Path:
+    """`--model` is already LSG: grow its length and global tokens (an LSG flag left at its default keeps
+    the saved value), save beside its tokenizer."""
+    from lsg.modeling import load
+
+    model = load(args.model, **({"architecture": args.architecture} if args.architecture else {}))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    globals_given = args.num_global_tokens != parser.get_default("num_global_tokens")
+    try:
+        extended = extend(model, tokenizer, max_length=args.max_length, conversion=conversion,
+                          num_global_tokens=args.num_global_tokens if globals_given else None)
+    except ValueError as error:
+        parser.error(str(error))
+    _save_atomically(extended, tokenizer, args.out, repo=args.push_to_hub)
+    print(f"saved {type(extended).__name__} extended to max_length={args.max_length}, "
+          f"{extended.config.num_global_tokens} global tokens, to {args.out}")
+    if args.push_to_hub:
+        print(f"pushed to {push_folder(args.out, args.push_to_hub, private=args.private)}")
+    return args.out
+
+
 def cli() -> None:
     """The `lsg-convert` console script: `main` without its return value (sys.exit would print it, exit code 1)."""
     main()
 
 
-__all__ = ["ConversionSettings", "cli", "convert", "main", "special_token_ids"]
+__all__ = ["ConversionSettings", "cli", "convert", "extend", "is_lsg_model", "main", "special_token_ids"]
