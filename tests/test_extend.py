@@ -14,7 +14,10 @@ IDS = dict(bos_token_id=0, mask_token_id=4)
 # Local-only (the paper's 256/0) with a block wide enough that the short rule covers the test inputs.
 LOCAL = dict(block_size=32, sparse_block_size=0, sparsity_factor=0, sparsity_type="none", **IDS)
 # ModernBERT's tokens take rotary positions after the G globals: adding globals shifts them (design §2.4).
-FIXED_TOKEN_POSITIONS = [name for name, family in FAMILIES.items() if not family.rotary]
+FIXED_TOKEN_POSITIONS = [name for name, family in FAMILIES.items() if not family.rotary and not family.causal_lm]
+# Decoder-only families keep their globals as a key/value prefix per layer (design §3.7): no table to grow.
+GLOBAL_TABLES = [name for name, family in FAMILIES.items() if not family.causal_lm]
+CAUSAL = [name for name, family in FAMILIES.items() if family.causal_lm]
 LEARNED = [name for name, family in FAMILIES.items() if family.position_tables and not family.sinusoidal_positions]
 
 
@@ -72,7 +75,18 @@ def test_positions_are_tiled_from_the_current_table(family):
         assert torch.equal(new[:off], old[:off]) and torch.equal(new[off:], old[index])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CAUSAL)
+def test_a_causal_model_grows_its_length_but_not_its_global_prefix(family):
+    model = _lsg(family, num_global_tokens=2)
+    with pytest.raises(ValueError, match=r"num_global_tokens=5: a causal LSG model keeps its 2 global tokens"):
+        lsg.extend(model, max_length=256, num_global_tokens=5, **IDS)
+    extended = lsg.extend(model, max_length=256)
+    for name, prefix in model.state_dict().items():
+        if "lsg_global" in name:
+            assert torch.equal(extended.state_dict()[name], prefix)
+
+
+@pytest.mark.parametrize("family", GLOBAL_TABLES)
 def test_used_global_rows_are_kept_and_new_ones_follow_the_conversion_formula(family):
     model = _lsg(family, num_global_tokens=3)
     spec = FAMILIES[family]

@@ -364,7 +364,8 @@ def extend(
     saved_globals = config.num_global_tokens
     max_length = length if max_length is None else max_length
     num_global_tokens = saved_globals if num_global_tokens is None else num_global_tokens
-    check_int("max_length", max_length, length, MAX_LENGTH, hint=f"{length} is the model's maximum length; extend only grows")
+    check_int("max_length", max_length, length, MAX_LENGTH,
+              hint=f"{length} is the model's maximum length; extend only grows")
     check_int("num_global_tokens", num_global_tokens, saved_globals, MAX_GLOBAL_TOKENS,
               hint=f"{saved_globals} global tokens are in use; extend only adds")
     conversion = conversion or ConversionSettings()
