@@ -98,7 +98,14 @@ def load_split_dirs(root: str, data: DataConfig) -> datasets.DatasetDict:
     return datasets.load_dataset("parquet", data_files={name: f"{root}/{name}/*.parquet" for name in names})
 
 
+def is_split_dirs(path: Path, data: DataConfig) -> bool:
+    """Whether `task.data.path` is a downloaded parquet conversion folder (`<split>/*.parquet`)."""
+    return path.is_dir() and (path / data.splits.train).is_dir()
+
+
 def _load_local(path: Path, data: DataConfig) -> datasets.DatasetDict:
+    if is_split_dirs(path, data):
+        return load_split_dirs(str(path), data)
     files = local_files(path, data)
     (file_format,) = {FILE_FORMATS[p.suffix] for p in files.values()}
     return datasets.load_dataset(file_format, data_files={k: str(v) for k, v in files.items()})
@@ -109,8 +116,6 @@ def local_files(path: Path, data: DataConfig) -> dict[str, Path]:
     task.data.splits), or one file = train. All of one format; raises naming task.data.path otherwise."""
     if path.is_file():
         files = {data.splits.train: path}
-    elif path.is_dir() and (path / data.splits.train).is_dir():  # a downloaded parquet conversion folder
-        return load_split_dirs(str(path), data)
     elif path.is_dir():
         found = [p for p in sorted(path.iterdir()) if p.suffix in FILE_FORMATS]
         files = {p.stem: p for p in found}

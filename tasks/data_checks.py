@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 
 from tasks.config import ConfigError, TaskConfig
-from tasks.data import local_files
+from tasks.data import is_split_dirs, local_files
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ def check_data_files(task: TaskConfig) -> None:
         ConfigError: the first problem, naming the file and line (or task.data.path itself).
     """
     data = task.data
+    if is_split_dirs(Path(data.path), data):  # parquet shards: checked after loading, as hub splits are
+        return
     files = local_files(Path(data.path), data)
     roles = _split_names(task)
     order = sorted(files, key=lambda name: list(roles).index(name) if name in roles else len(roles))  # train first
