@@ -29,6 +29,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _usual_mode(base: int) -> int:
+    """The mode `open()` / `mkdir()` would give under the process umask (`base` 0o666 for files, 0o777 for
+    directories). The temp-file functions create 0o600 / 0o700 for privacy, which would leave results and saved
+    models unreadable to the rest of a group on a shared cluster once renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 @contextmanager
 def staged_file(path: Path) -> Iterator[Path]:
     """A staging file to write; on a clean exit it replaces `path`, on an error it is deleted.
@@ -45,6 +54,7 @@ def staged_file(path: Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     staging = Path(name)
+    staging.chmod(_usual_mode(0o666))
     try:
         yield staging
         os.replace(staging, path)
@@ -79,6 +89,7 @@ def staged_directory(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_staging(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new.{os.getpid()}.", dir=path.parent))
+    staging.chmod(_usual_mode(0o777))
     retired = path.parent / f".{path.name}.old.{staging.name.removeprefix(f'.{path.name}.new.')}"  # same tag
     try:
         yield staging

@@ -122,3 +122,21 @@ def test_a_kill_between_the_two_renames_gets_the_old_directory_back(tmp_path: Pa
     clear_stale_staging(tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (tmp_path / "out" / "weights").read_text() == "previous, complete"
+
+
+def test_results_and_saved_directories_get_the_usual_permissions(tmp_path):
+    """Staged writes end with the modes a plain write would give (umask 022: 644 / 755), not the 600 / 700 of
+    temp files, so a group on a shared cluster can read the results and the saved models."""
+    import os
+
+    from lsg.atomic import staged_directory, write_json
+
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        with staged_directory(tmp_path / "final") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "final").stat().st_mode & 0o777 == 0o755
