@@ -34,6 +34,23 @@ def tiny_bert(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory):
+    """A random 1+1-layer BART (256 positions) with the real MiniLM tokenizer ([CLS]/[SEP] as BOS/EOS)."""
+    from lsg.assets import minilm_dir
+
+    path = tmp_path_factory.mktemp("tiny-bart")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    config = transformers.BartConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.sep_token_id, forced_eos_token_id=tokenizer.sep_token_id)
+    transformers.BartForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def tiny_config_kwargs(**overrides):
     """A BERT/RoBERTa-shaped config small enough for CPU tests (hidden 32, 2 layers, 4 heads)."""
     kwargs = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

@@ -16,30 +16,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, TrainerCallback
+from transformers import TrainerCallback
 
-from lsg.assets import minilm_dir
 from tasks.config import RunConfig, to_run_config
 from tasks.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LSG = ["model.max_length=256", "model.lsg.block_size=16", "model.lsg.sparse_block_size=16",
             "model.lsg.sparsity_factor=4"]
-
-
-@pytest.fixture(scope="session")
-def tiny_bart(tmp_path_factory) -> Path:
-    """A random 1+1-layer BART using the same WordPiece tokenizer ([CLS]/[SEP] as BOS/EOS)."""
-    path = tmp_path_factory.mktemp("tiny-bart")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        decoder_start_token_id=tokenizer.sep_token_id, forced_eos_token_id=tokenizer.sep_token_id)
-    BartForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

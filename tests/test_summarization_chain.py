@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, EvalPrediction
+from transformers import AutoTokenizer, EvalPrediction
 
 from lsg.assets import minilm_dir
 from tasks.config import DataConfig, TaskConfig, to_run_config
@@ -19,21 +19,6 @@ from tasks.summarization import Seq2Seq
 from tasks.train import run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_bart(tmp_path_factory) -> Path:
-    """A random 1+1-layer BART (256 positions) with the real MiniLM tokenizer ([CLS]/[SEP] as BOS/EOS)."""
-    path = tmp_path_factory.mktemp("tiny-bart")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        decoder_start_token_id=tokenizer.sep_token_id, forced_eos_token_id=tokenizer.sep_token_id)
-    BartForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _configure(tmp_path: Path, *overrides: str):
