@@ -27,10 +27,10 @@ PAPER_DIR = Path(__file__).with_name("paper")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SCALES = ("paper", "smoke", "published")  # published: the authors' checkpoints evaluated (Tables 4-7)
 LAYERS, WIDTH = 12, 768  # base encoders (RoBERTa, Legal-BERT, Longformer, BigBird)
-# Keys each query attends to (K), for the FLOP estimate: LSG K = G + 2*sbs + 3*bs (docs/lsg-spec), Longformer
-# window 512 + 1 global, BigBird 8 blocks of 64; the 512-token rows attend to every token (<= 512).
-KEYS_PER_QUERY = {"lsg": {128: 1 + 2 * 128 + 3 * 128, 256: 1 + 2 * 0 + 3 * 256}, "longformer": 513 + 1,
-                  "bigbird": 8 * 64}
+# Keys each query attends to (K), for the FLOP estimate: LSG's from its settings (LSGSettings.keys_per_query,
+# G + 2*sbs + 3*bs), Longformer window 512 + 1 global, BigBird 8 blocks of 64; the 512-token rows attend to every
+# token (<= 512).
+KEYS_PER_QUERY = {"longformer": 513 + 1, "bigbird": 8 * 64}
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def training_flops(cfg: Any, spec: dict[str, Any]) -> float:
     long = cfg.model.max_length > 512
     tokens = stats["tokens"][4096 if long else 512]
     if cfg.model.attention == "lsg":
-        keys = KEYS_PER_QUERY["lsg"][cfg.model.lsg.block_size]
+        keys = cfg.model.lsg_settings().keys_per_query()
     else:
         keys = KEYS_PER_QUERY.get(cfg.model.name.split("_")[0], min(tokens, 512)) if long else min(tokens, 512)
     per_token = 6 * LAYERS * 12 * WIDTH ** 2 + 12 * LAYERS * keys * WIDTH
