@@ -213,21 +213,26 @@ def dry_run(table: str, scale: str, seeds: tuple[int, ...], tflops: float, extra
     spec = paper_table(table)
     experiment = spec["scales"][scale]["experiment"]
     runs = planned_runs(table, scale, seeds)
-    lines, flops, numbers = [], 0.0, {}
+    lines, flops, numbers, first_of_dir = [], 0.0, {}, {}
     for n, run in enumerate(runs, 1):
         numbers[run] = n
         cfg = compose_run(run, experiment, extra)
         given = " ".join([f"trainer.seed={run.seed}", *run.overrides, *extra])
         if run.after:  # resolved from the parent's run naming: its final/ (or the checkpoint it evaluated)
             given += f" model.checkpoint={cfg.model.checkpoint} (from run {numbers[run.after]})"
+        shared = first_of_dir.setdefault(cfg.run_dir, n)
+        if shared != n:
+            given += f" (the same run as run {shared})"
         label = f"[{run.row}] " if is_chained(spec) else ""
         lines.append(f"run {n}: {label}model={run.model or cfg.model.name} task={run.task} {given}  {cfg.run_dir}")
-        if scale == "paper":
+        if scale == "paper" and shared == n:
             flops += training_flops(cfg, spec)
     pairs = len({(run.model, run.task) for run in runs})
     chained = sum(run.after is not None for run in runs)
     shape = (f"{chained} chained after the run they start from" if is_chained(spec)
              else f"{pairs} distinct model x task pairs")
+    if len(first_of_dir) < len(runs):  # rows whose configs coincide at this scale (one stand-in checkpoint)
+        shape += f", {len(first_of_dir)} to train"
     lines.append(f"{len(runs)} runs ({shape}, {len(seeds)} seed(s)); experiment={experiment}, scale={scale}.")
     if scale == "paper":
         basis = ("BART-base encoder 6 x 12 d^2 + decoder 6 x 16 d^2 + vocabulary projection, 6 N per training "
@@ -258,6 +263,10 @@ def run_table(table: str, scale: str, seeds: tuple[int, ...], extra: list[str], 
     run_dirs: dict[PlannedRun, str] = {}
     for n, run in enumerate(planned, 1):
         cfg = compose_run(run, experiment, extra)
+        if cfg.run_dir in run_dirs.values():  # another row's run at this scale: its metrics fill both cells
+            log.info("run %d/%d: %s is the same run as an earlier row (%s)", n, len(planned), run.row, cfg.run_dir)
+            run_dirs[run] = cfg.run_dir
+            continue
         run_dirs[run] = cfg.run_dir
         log.info("run %d/%d: %s on %s -> %s", n, len(planned), run.model or run.row, run.task, cfg.run_dir)
         try:

@@ -33,7 +33,18 @@ def test_seeds_multiply_the_runs_not_the_pairs():
 def test_smoke_scale_runs_every_row_on_the_offline_task():
     runs = tables.planned_runs("table2", "smoke")
     assert [r.task for r in runs] == ["bbc_longdoc"] * 11
-    assert {"longformer_from_roberta", "bigbird_from_roberta", "truncated", "legal_bert"} <= {r.model for r in runs}
+    assert {"longformer_from_roberta", "bigbird_from_roberta", "truncated", "lsg_lsh"} <= {r.model for r in runs}
+
+
+def test_smoke_legal_rows_share_the_runs_of_their_stand_in():
+    # One checkpoint stands in for RoBERTa and Legal-BERT offline, so the Legal rows are the same runs; the
+    # dry run says so and the sweep trains 9 runs for the 11 rows.
+    lines = tables.dry_run("table2", "smoke", (0,), 100.0)
+    assert lines[9].startswith("run 10: model=truncated") and "(the same run as run 1)" in lines[9]
+    assert lines[10].startswith("run 11: model=lsg_local") and "(the same run as run 4)" in lines[10]
+    assert lines[9].split()[-1] == lines[0].split()[-1]
+    assert lines[-1].startswith("11 runs (9 distinct model x task pairs, 9 to train, 1 seed(s))")
+    assert "to train" not in tables.dry_run("table2", "paper", (0,), 100.0)[-2]
 
 
 def test_unknown_table_is_named():
@@ -76,3 +87,20 @@ def test_overrides_after_the_options_reach_every_run(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("run 1: model=truncated task=bbc_longdoc trainer.seed=0 trainer.max_steps=1  ")
     assert lines[0].split()[-1] != tables.dry_run("table2", "smoke", (0,), 100.0)[0].split()[-1]  # its own dir
+
+
+def test_sweep_trains_a_shared_run_once_and_reports_it_for_both_rows(tmp_path, monkeypatch):
+    from tasks import paper_table as report
+    from tasks import train
+
+    trained, written = [], {}
+    monkeypatch.setattr(train, "run", lambda cfg, force=False: trained.append(cfg.run_dir))
+    monkeypatch.setattr(report, "write", lambda table, scale, root, planned, run_dirs: written.update(run_dirs))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "table2_smoke").mkdir(parents=True)
+    (tmp_path / "runs" / "table2_smoke" / "table.md").write_text("")
+    tables.run_table("table2", "smoke", (0,), [])
+    assert len(trained) == 9 == len(set(trained))
+    legal = {run.row: written[run] for run in written if "Legal" in run.row}
+    assert legal["Legal-BERT (512-length)"] == written[next(r for r in written if r.row == "RoBERTa (512-length)")]
+    assert len(written) == 11
