@@ -76,6 +76,8 @@ def check_checkpoint(cfg: RunConfig) -> None:
         except ValueError as error:
             raise ConfigError(f"model.checkpoint: {error}") from None
     config = _read_config(model.checkpoint)
+    if config.model_type == "encoder-decoder":  # a saved bert2bert: its encoder is what reads the long input
+        config = config.encoder
     if config.model_type.startswith("lsg_"):  # a converted checkpoint: its saved LSG settings and length are used
         return
     _check_lengths(cfg, config)

@@ -81,3 +81,19 @@ def test_global_tuning_of_a_bert2bert_trains_the_global_embeddings_only():
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     assert trainable == ["encoder.embeddings.global_embeddings.weight"]
     assert counts["trainable_parameters"] == 512 * 32
+
+
+def test_a_bert2bert_4k_run_continues_longer(tmp_path, tiny_bert):
+    """The offline chain's model: a saved bert2bert (model_type "encoder-decoder") is checked through its LSG
+    encoder, so the 16K rows start from the 4K run's final/ instead of failing the length check."""
+    bert2bert = ["model=lsg_bert2bert", "model.lsg.block_size=16", "model.lsg.num_global_tokens=1"]
+    first = _configure(tmp_path, *bert2bert, f"model.checkpoint={tiny_bert}", "model.max_length=256")
+    run(first)
+    final = Path(first.run_dir) / "final"
+    second = _configure(tmp_path, *bert2bert, f"model.checkpoint={final}", "model.max_length=1024",
+                        "model.lsg.num_global_tokens=4", "trainer.tune=global_tokens")
+    record = run(second)
+    saved = json.loads((Path(second.run_dir) / "final" / "config.json").read_text())
+    assert saved["model_type"] == "encoder-decoder" and saved["encoder"]["model_type"] == "lsg_bert"
+    assert (saved["encoder"]["max_position_embeddings"], saved["encoder"]["num_global_tokens"]) == (1024, 4)
+    assert record["max_length"] == 1024 and record["trainable_parameters"] == 512 * 32
