@@ -62,20 +62,20 @@ table1: $(STAMP)  ## paper Table 1 (attention swap, no training): scale=smoke of
 # scale=smoke is the offline CPU analog. dry_run=true lists the runs and estimates GPU-hours; seeds=0,1,2 repeats.
 table2: scale = $(if $(filter command line,$(origin scale)),$(scale),paper)
 table2: $(STAMP)  ## paper Table 2 as a sweep: scale=paper (GPU) or scale=smoke (offline CPU); dry_run=true lists the runs
-	$(PY) -m tasks.tables table2 --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds))
+	$(PY) -m tasks.tables table2 --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds)) $(if $(filter true,$(force)),--force)
 
 # Tables 4-7 (summarization) as Table 2: scale=paper (GPU: the 4K run, then the three 16K runs chained from its final/),
 # scale=published (the authors' checkpoints evaluated), scale=smoke (offline CPU; the four tables share its runs).
 table4 table5 table6 table7: scale = $(if $(filter command line,$(origin scale)),$(scale),paper)
 table4:  ## paper Tables 4-7 (also table5, table6, table7): scale=paper|published|smoke; dry_run=true lists the chain
 table4 table5 table6 table7: $(STAMP)
-	$(PY) -m tasks.tables $@ --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds))
+	$(PY) -m tasks.tables $@ --scale $(scale) $(if $(filter true,$(dry_run)),--dry-run) $(if $(seeds),--seeds $(seeds)) $(if $(filter true,$(force)),--force)
 
 table3: $(STAMP)  ## paper Table 3: parameter counts from architecture configs in the repo (offline), beside the paper's
 	$(PY) -m tasks.table3
 
 masformer: $(STAMP)  ## MASFormer plans: 0, 1/6, 1/3, all layers full at one budget -> runs/masformer/<scale>/ (scale=smoke: offline CPU)
-	$(PY) -m tasks.masformer --scale $(scale)
+	$(PY) -m tasks.masformer --scale $(scale) $(if $(filter true,$(force)),--force)
 
 # LEX_ARGS: Hydra overrides of conf/lex.yaml, e.g. LEX_ARGS="train.steps=100"
 lex: $(STAMP)  ## LEX length extrapolation: decoders trained at L, perplexity at L..8L -> runs/lex (scale=smoke|paper)

@@ -45,6 +45,7 @@ from lsg.atomic import staged_file, write_json
 from lsg.plans import attention_flops, masformer_plan
 from lsg.settings import LSGSettings
 from tasks.data import build_bbc_longdoc, build_wiki_mlm
+from tasks.run_identity import RunDirConflictError, differences, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    # 2 CPU cores: a few minutes per plan when the machine is otherwise idle.
+    # 2 CPU cores, idle: about 3 min per plan for the classifier and 2 for the LM, under 20 min in all.
     "smoke": Scale(
-        n_train=16,
-        n_test=20,
+        n_train=32,
+        n_test=40,
         max_article_words=300,
         freeze_layers=4,
         epochs=2,
@@ -94,11 +95,11 @@ SCALES: dict[str, Scale] = {
         lm_layers=6,
         lm_width=64,
         lm_heads=4,
-        lm_length=256,
+        lm_length=512,
         lm_batch=4,
-        lm_steps=80,
+        lm_steps=600,
         lm_learning_rate=3e-3,
-        lm_eval_blocks=16,
+        lm_eval_blocks=32,
         lm=LSGSettings(block_size=16, sparse_block_size=16, sparsity_factor=4, sparsity_type="pooling"),
     ),
     "paper": Scale(
@@ -270,16 +271,27 @@ TASKS = {
 NUM_LAYERS = {"bbc_longdoc": lambda scale: 6, "wiki_lm": lambda scale: scale.lm_layers}  # MiniLM has 6
 
 
-def sweep(scale: Scale, out: Path, tasks: tuple[str, ...] = tuple(TASKS)) -> list[dict[str, Any]]:
-    """Every (task, plan) run, each saved as it finishes and skipped when already there; with its attention cost."""
+def sweep(scale: Scale, out: Path, tasks: tuple[str, ...] = tuple(TASKS), force: bool = False
+          ) -> list[dict[str, Any]]:
+    """Every (task, plan) run, each saved as it finishes and skipped when already there; with its attention cost.
+
+    A saved run is reused only if it was trained at the same `scale`: one of another budget raises
+    `RunDirConflictError` naming the differing settings (`force` reruns it instead).
+    """
+    settings = json.loads(json.dumps(dataclasses.asdict(scale)))  # as stored: tuples become lists
     rows = []
     for task in tasks:
         run, _, settings_of = TASKS[task]
         for plan in plans_for(NUM_LAYERS[task](scale)):
             full = plan.count("full")
             path = out / f"{task}-full{full}.json"
-            if path.exists():
-                rows.append(json.loads(path.read_text(encoding="utf-8")))
+            if path.exists() and not force:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                changed = differences(flatten(saved.get("scale", {})), flatten(settings))
+                if changed:
+                    raise RunDirConflictError(f"{path} was trained at other settings: " + "; ".join(changed)
+                                              + ". Rerun with --force, or choose another --out")
+                rows.append(saved)
                 continue
             logger.info("masformer: %s with %d of %d layers full", task, full, len(plan))
             result = run(scale, plan)
@@ -302,6 +314,7 @@ def sweep(scale: Scale, out: Path, tasks: tuple[str, ...] = tuple(TASKS)) -> lis
                 **result,
                 "attention_gflops": cost["plan"] / 1e9,
                 "attention_cost": cost["plan"] / cost["full"],
+                "scale": settings,
             }
             write_json(path, row)
             rows.append(row)
@@ -360,11 +373,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
     parser.add_argument("--out", type=Path, default=Path("runs/masformer"))
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--force", action="store_true", help="rerun the plans already saved under --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out / args.scale
     scale = SCALES[args.scale]
-    rows = sweep(scale, out, tuple(args.tasks))
+    rows = sweep(scale, out, tuple(args.tasks), force=args.force)
     write_json(out / "results.json", {"scale": dataclasses.asdict(scale), "runs": rows})
     report = table(rows, args.scale)
     with staged_file(out / "table.md") as staging:

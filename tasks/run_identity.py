@@ -53,13 +53,13 @@ class RunDirInUseError(RuntimeError):
     """Another live process is running in this run directory."""
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; empty mappings stay values."""
     if not isinstance(node, dict) or not node:
         return {prefix.removesuffix("."): node}
     flat: dict[str, Any] = {}
     for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
+        flat.update(flatten(value, f"{prefix}{key}."))
     return flat
 
 
@@ -71,7 +71,7 @@ def _excluded(key: str) -> bool:
 def _schema_defaults() -> dict[str, Any]:
     from tasks.config import RunConfig  # lazy: tasks.config registers this module's resolver
 
-    return _flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False))
+    return flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False))
 
 
 def identity(cfg: Any, *, non_default_only: bool = False) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def identity(cfg: Any, *, non_default_only: bool = False) -> dict[str, Any]:
         A sorted flat dict, JSON-serialisable.
     """
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    flat = _flatten(OmegaConf.to_container(node, resolve=False))
+    flat = flatten(OmegaConf.to_container(node, resolve=False))
     defaults = _schema_defaults() if non_default_only else {}
     return {key: value for key, value in sorted(flat.items())
             if not _excluded(key) and not (key in defaults and defaults[key] == value)}

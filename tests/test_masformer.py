@@ -39,3 +39,19 @@ def test_a_tiny_language_model_sweep_writes_the_table_the_plot_and_resumes(tmp_p
     assert "| wiki_lm | 2 / 6 | bits_per_byte" in report
     masformer.plot(rows, tmp_path / "masformer.png")
     assert (tmp_path / "masformer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_saved_plan_of_another_budget_is_refused_not_reused(tmp_path):
+    from tasks.run_identity import RunDirConflictError
+
+    scale = dataclasses.replace(
+        masformer.SCALES["smoke"], lm_width=16, lm_length=32, lm_batch=2, lm_steps=1, lm_eval_blocks=1,
+        lm=LSGSettings(block_size=8, sparse_block_size=8, sparsity_factor=2, sparsity_type="pooling"))
+    rows = masformer.sweep(scale, tmp_path, ("wiki_lm",))
+    assert rows[0]["scale"]["lm_steps"] == 1
+    assert masformer.sweep(scale, tmp_path, ("wiki_lm",)) == rows  # the same budget resumes
+    bigger = dataclasses.replace(scale, lm_steps=2)
+    with pytest.raises(RunDirConflictError, match=r"wiki_lm-full0.json was trained at other settings: lm_steps: 1"):
+        masformer.sweep(bigger, tmp_path, ("wiki_lm",))
+    rerun = masformer.sweep(bigger, tmp_path, ("wiki_lm",), force=True)
+    assert [row["scale"]["lm_steps"] for row in rerun] == [2, 2, 2, 2]
