@@ -16,7 +16,8 @@ layers at the bottom, LSG in the rest (design §3.9). Two tasks:
 
 Cost per plan: the attention-core FLOPs of one sequence (`lsg.plans.attention_flops`, relative to all-full) and
 the measured seconds per training step. Each run writes `runs/masformer/<scale>/<task>-full<k>.json` (an
-interrupted sweep resumes); then `table.md`, `results.json` and `masformer.png` (quality vs attention cost).
+interrupted sweep resumes; a saved run of another budget is refused, `--force` reruns it); then `table.md`,
+`results.json` and `masformer.png` (quality vs attention cost).
 
 The MASFormer paper's own setting (a 1.3B decoder at 8k tokens, continual training) has no offline checkpoint
 or corpus here; paper scale only enlarges the budget of the two tasks above.
