@@ -227,12 +227,19 @@ class SdpaCore:
     """
 
     name = "sdpa_cuda"
+    # (forward, backward) aten ops of each kernel; the tests swap in CPU stand-ins with the same contracts
+    ops: dict[str, tuple[Any, Any]] = {
+        "flash": (torch.ops.aten._scaled_dot_product_flash_attention,
+                  torch.ops.aten._scaled_dot_product_flash_attention_backward),
+        "efficient": (torch.ops.aten._scaled_dot_product_efficient_attention,
+                      torch.ops.aten._scaled_dot_product_efficient_attention_backward),
+    }
     LSE_ALIGN = 32  # the memory-efficient kernel pads its log-sum-exp rows to a multiple of this
     BIAS_ALIGN = 16  # ... and wants the rows of its additive mask aligned to this many elements
 
     def __init__(self, scaling: float, dropout: float) -> None:
         self.scaling, self.dropout = scaling, dropout
-        self._rng: dict[Placement, tuple[Tensor, Tensor]] = {}
+        self._saved: dict[Placement, tuple[Any, ...]] = {}  # per key set: what the kernel's backward needs again
 
     @staticmethod
     def kernel(dtype: torch.dtype, masked: bool) -> str:
@@ -243,27 +250,25 @@ class SdpaCore:
               ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(B, H, n, L, D) -> (B, H*n, L, D) contiguous, and the additive mask (B, H*n, L, K) or None."""
         B, H, n, L, _ = query.shape
+        K, rows = key.shape[-2], visible.shape[-2]  # rows: 1, or L for causal local keys
         q, k, v = (x.reshape(B, H * n, *x.shape[3:]).contiguous() for x in (query, key, value))
-        columns = -(-key.shape[-2] // self.BIAS_ALIGN) * self.BIAS_ALIGN
-        bias = _additive_mask(visible.expand(B, H, n, *visible.shape[3:]), query.dtype, columns)
-        if bias is not None:  # a view: the rows keep their padded stride
-            bias = bias.flatten(1, 2).expand(B, H * n, L, key.shape[-2])
-        return q, k, v, bias
+        visible = visible.expand(B, H, n, rows, K).reshape(B, H * n, rows, K)
+        bias = _additive_mask(visible, query.dtype, columns=-(-K // self.BIAS_ALIGN) * self.BIAS_ALIGN)
+        return q, k, v, None if bias is None else bias.expand(B, H * n, L, K)  # row stride: aligned or 0
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, place: Placement
                 ) -> tuple[Tensor, Tensor]:
         B, H, n, L, D = query.shape
         q, k, v, bias = self._fold(query, key, value, visible)
-        if self.kernel(query.dtype, bias is not None) == "flash":
-            out, lse, *_, rng_state, unused, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-                q, k, v, self.dropout, scale=self.scaling)
-            self._rng[place] = (rng_state, unused)
+        kernel = self.kernel(query.dtype, bias is not None)
+        if kernel == "flash":
+            # (cumulative lengths, max lengths, RNG state, offset): passed back to the backward as returned
+            out, lse, *saved, _ = self.ops[kernel][0](q, k, v, self.dropout, scale=self.scaling)
         else:
-            out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, bias, True, self.dropout, scale=self.scaling)
-            self._rng[place] = (seed, offset)
+            out, lse, *saved = self.ops[kernel][0](q, k, v, bias, True, self.dropout, scale=self.scaling)
+        self._saved[place] = tuple(saved)
         # A row that sees no key of this set: finite output (its lse is replaced by -inf in `_merge`).
-        return out.nan_to_num_(0.0).view(B, H, n, L, D), lse[..., :L].reshape(B, H, n, L)
+        return out.nan_to_num_(0.0).reshape(B, H, n, L, D), lse[..., :L].reshape(B, H, n, L)
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
                  lse: Tensor, place: Placement) -> tuple[Tensor, Tensor, Tensor]:
@@ -271,19 +276,19 @@ class SdpaCore:
         q, k, v, bias = self._fold(query, key, value, visible)
         grad, o = (x.reshape(B, H * n, L, D).contiguous() for x in (grad_out, out))
         lse = lse.reshape(B, H * n, L).contiguous()
-        seed, offset = self._rng.pop(place)
-        if self.kernel(query.dtype, bias is not None) == "flash":
-            empty = torch.empty(0, dtype=torch.int32, device=q.device)  # cumulative lengths: not a varlen call
-            grads = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-                grad, q, k, v, o, lse, empty, empty, L, k.shape[-2], self.dropout, False, seed, offset,
-                scale=self.scaling)
+        saved = self._saved[place]  # kept: a retained graph may run its backward again
+        kernel = self.kernel(query.dtype, bias is not None)
+        if kernel == "flash":
+            cum_q, cum_k, max_q, max_k, seed, offset = saved
+            grads = self.ops[kernel][1](grad, q, k, v, o, lse, cum_q, cum_k, max_q, max_k, self.dropout, False,
+                                        seed, offset, scale=self.scaling)
         else:
+            seed, offset = saved
             rows = -(-L // self.LSE_ALIGN) * self.LSE_ALIGN
             lse = torch.nn.functional.pad(lse, (0, rows - L))
-            grads = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-                grad, q, k, v, bias, o, lse, seed, offset, self.dropout, [True, True, True, False],
-                scale=self.scaling)[:3]
-        return tuple(g.view(B, H, n, *g.shape[2:]) for g in grads)
+            grads = self.ops[kernel][1](grad, q, k, v, bias, o, lse, seed, offset, self.dropout,
+                                        [True, True, True, False], scale=self.scaling)[:3]
+        return tuple(g.reshape(B, H, n, *g.shape[2:]) for g in grads)  # the kernels' layouts may be transposed
 
 
 def _scatter_remote_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_sparse: Tensor | None, start: int,
