@@ -3,8 +3,10 @@ uses them against a plain implementation with the same mask, the CUDA SDPA core 
 the two CUDA ops) and which kernel runs for each device, dtype and dropout."""
 
 import functools
+import importlib.util
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,11 +159,13 @@ def _attention(q, k, v, bias, p, scale, seed):
 def _attention_backward(grad, q, k, v, bias, out, lse, p, scale, seed):
     """What a fused kernel's backward computes from the output and lse it is given (here those over all key sets
     of the rows, so the result is this set's share): P = exp(S - lse), dS = P * (dP - rowsum(dO * O))."""
+    dtype = q.dtype
     grad, q, k, v, out = (x.double() for x in (grad, q, k, v, out))
     probs = (_scores(q, k, bias, scale) - lse.double().unsqueeze(-1)).exp()
     keep = _keep(q, k, p, seed) if p else torch.ones_like(probs)
     d_scores = probs * ((grad @ v.transpose(-1, -2)) * keep - (grad * out).sum(-1, keepdim=True))
-    return d_scores @ k * scale, d_scores.transpose(-1, -2) @ q * scale, (probs * keep).transpose(-1, -2) @ grad
+    grads = d_scores @ k * scale, d_scores.transpose(-1, -2) @ q * scale, (probs * keep).transpose(-1, -2) @ grad
+    return tuple(g.to(dtype) for g in grads)  # the kernels' gradients come in the inputs' dtype
 
 
 class StandInKernels:
@@ -259,6 +263,24 @@ def test_sdpa_core_with_dropout_hands_each_key_set_its_rng_state_back(flash_when
     assert stand_ins.calls > 4  # several key sets, so several seeds
     plain = fast.fast_attention(q, k, v, layout, 0.0, core=fast.MatmulCore(0.5))
     assert (token_outputs(q, k, v) - plain).abs().max() > 0.05  # dropout acted
+
+
+def load_gpu_check():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_checks_of_the_dropout_path_pass_on_cpu(stand_ins):
+    """scripts/gpu_check.py's checks of the SDPA core (here with the stand-ins) and of dropout gradients (here the
+    matmul core) hold on CPU, so a failure on a GPU points at the CUDA kernels, not at the checks."""
+    gpu_check = load_gpu_check()
+    output_error, grad_error = gpu_check.check_sdpa_core(torch.float32, torch.device("cpu"))
+    assert output_error <= 1e-4 and grad_error <= 1e-3 and stand_ins.kernels_used == {"efficient"}
+    same, error = gpu_check.check_sdpa_dropout(torch.device("cpu"))
+    assert same and error <= 1e-2, error
 
 
 # --- which kernel runs ---------------------------------------------------------------------------------------
