@@ -115,6 +115,32 @@ def test_matmul_core_with_dropout_equals_the_plain_kernel_with_the_same_mask(spa
     assert dropped.abs().max() > 0.1  # the mask did act
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_matmul_core_with_dropout_passes_gradcheck(causal):
+    """With a fixed seed the dropped-out kernel is a deterministic function, bidirectional or causal (per-row
+    visibility of the local keys): its backward pass is its exact derivative."""
+    settings = settings_for("pooling", block_size=4)
+    q, k, v, valid = random_inputs(20, 1, batch=1, heads=2, dim=4, pad=3, dtype=torch.float64)  # T a multiple of bs
+    layout = KeyLayout(valid, settings, scaling=0.5, layer_index=0, training=True, causal=causal)
+    core = fast.MatmulCore(0.5, CounterDropout(0.4, seed=5))
+    assert torch.autograd.gradcheck(lambda *x: fast.fast_attention(*x, layout, 0.4, core=core),
+                                    tuple(x.requires_grad_() for x in (q, k, v)))
+
+
+def test_matmul_core_with_dropout_in_bf16_is_close_to_float64_with_the_same_mask():
+    settings = settings_for("norm")
+    q, k, v, valid = random_inputs(150, 1, heads=2, dim=16, pad=20)
+    dropout = CounterDropout(0.1, 8)
+    outputs = {}
+    for dtype in (torch.bfloat16, torch.float64):
+        kernel = functools.partial(fast.fast_attention, core=fast.MatmulCore(0.25, dropout))
+        outputs[dtype] = lsg_layer(*(x.to(dtype) for x in (q, k, v)), valid, settings, scaling=0.25, dropout=0.1,
+                                   training=True, layer_index=0, kernel=kernel)
+    assert outputs[torch.bfloat16].dtype == torch.bfloat16
+    error = (outputs[torch.bfloat16].double() - outputs[torch.float64]).abs().max()
+    assert error <= 0.05 * outputs[torch.float64].abs().max(), error
+
+
 def test_lsg_with_dropout_on_cpu_is_seeded_by_the_global_rng_and_unbiased():
     """Through "lsg" in training: the same torch seed gives the same output; averaged over seeds, the output
     approaches the one without dropout (dropout is unbiased)."""
