@@ -235,14 +235,14 @@ def run_length(length: int, entries: list[Entry], args: argparse.Namespace, shap
         cell: dict[str, Any] = {"system": system.name, "length": length, "dropout": dropout, "status": "ok"}
         cell["attention_gflop"], cell["step_gflop"] = step_gflop(system, shape, args.batch, length)
         cells.append(cell)
-        shape = dataclasses.replace(shape, attention_dropout=dropout)
-        reason = skip_reason(system, shape, args.batch, length, device, peak, args.max_step_seconds)
+        cell_shape = dataclasses.replace(shape, attention_dropout=dropout)
+        reason = skip_reason(system, cell_shape, args.batch, length, device, peak, args.max_step_seconds)
         if reason:
             cell.update(status="skipped", reason=reason)
             progress.update(1 + args.repeats)
             continue
         try:
-            model, extra = build_system(system, shape, length, device, dtype)
+            model, extra = build_system(system, cell_shape, length, device, dtype)
             inputs = make_inputs(model, extra, args.batch, length, device)
             warmup, cell["peak_bytes"] = measure_memory(model, inputs, device)
         except (RuntimeError, MemoryError) as error:  # out of memory or an unsupported shape: record, go on
