@@ -10,7 +10,7 @@ from lsg.families import supported_architectures
 from lsg.modeling import load
 from lsg.selectors import SPARSE_SELECTORS
 from lsg.settings import SPARSITY_TYPES, LSGSettings
-from lsg.variants import ATTENTION_VARIANTS, lsg_attention
+from lsg.variants import ATTENTION_VARIANTS, describe_kernel, lsg_attention
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "ConversionSettings",
     "LSGSettings",
     "convert",
+    "describe_kernel",
     "extend",
     "load",
     "lsg_attention",

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lsg.attention import BlockKeys, KeyLayout, block_variant
+from lsg.dropout import CounterDropout
 from lsg.layout import LOCAL_BLOCK_OFFSETS, sparse_window_index
 
 # Key elements (remote and local) per chunk: 2**20 fp32 elements, 2 blocks of RoBERTa-base at the defaults, so 16
@@ -64,112 +65,230 @@ def _softmax_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+class Placement(NamedTuple):
+    """Where a key set's scores sit in the layer's grid of (query position, key column): query rows first_row,
+    first_row + 1, ... (positions in the padded G+T' input; a chunk's blocks are consecutive) and key columns
+    from first_column on (the layout order of `lsg.attention` for token queries, the sequence order for the
+    global queries). The dropout masks are numbered by it, so they do not depend on the chunking."""
+
+    first_row: int
+    first_column: int
+
+    def rows(self, blocks: int, rows_per_block: int, device: torch.device) -> Tensor:
+        """(blocks, rows_per_block) absolute query positions."""
+        return torch.arange(self.first_row, self.first_row + blocks * rows_per_block, device=device).view(
+            blocks, rows_per_block)
+
+
 class ChunkCore(Protocol):
     """Attention of the queries of n blocks over one set of their keys. query/grad_out/out (B, H, n, bs, D),
     key/value (B, H, n, K, D) (possibly strided views), visible (B, 1|H, n, 1|bs, K) bool (per query row only
-    for the local keys of causal attention), lse (B, H, n, bs) in
-    `_softmax_dtype`; `chunk` numbers the key set (dropout masks).
+    for the local keys of causal attention), lse (B, H, n, bs) in `_softmax_dtype`; `place` locates the key set
+    (dropout masks).
 
     `forward` returns the output and log-sum-exp over this key set alone; a row that sees none of its keys gets
     a finite output (its lse is fixed by the caller, `_merge`). `backward` takes the output and lse over all
-    key sets of the rows, so it yields this set's share of the gradients (the split of ring attention)."""
+    key sets of the rows, so it yields this set's share of the gradients (the split of ring attention). With
+    dropout this split stays exact: each set's output is already normalised by its own lse before the merge, and
+    the backward pass's rowsum(dO * O) uses the merged, dropped-out output."""
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
+    name: str
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, place: Placement
                 ) -> tuple[Tensor, Tensor]: ...
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
-                 lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]: ...
+                 lse: Tensor, place: Placement) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 def _stack(parts: list[Tensor]) -> Tensor:
     return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
+def _additive_mask(visible: Tensor, dtype: torch.dtype, columns: int | None = None) -> Tensor | None:
+    """0 / -inf bias of the shape of `visible`; None when every key is visible (the usual case inside a document),
+    which the fused kernels run faster. `columns` pads the last dimension of the storage (sliced back) for
+    kernels that want aligned rows."""
+    if bool(visible.all()):
+        return None
+    width = visible.shape[-1]
+    bias = torch.zeros(*visible.shape[:-1], columns or width, dtype=dtype, device=visible.device)[..., :width]
+    return bias.masked_fill_(~visible, float("-inf"))
+
+
 class FlashCore:
-    """torch's fused flash-attention CPU kernels (`aten._scaled_dot_product_flash_attention_for_cpu`).
+    """torch's fused flash-attention CPU kernels (`aten._scaled_dot_product_flash_attention_for_cpu`), no dropout.
 
     They take 4-D inputs. Each batch element gets one call on (H, n, L, D) views, H as the kernel's batch and n
     as its heads: the query blocks and the strided local windows go in as they are, where folding (H, n) into
     one dimension would copy them.
     """
 
+    name = "flash_cpu"
+
     def __init__(self, scaling: float) -> None:
         self.scaling = scaling
 
-    def _bias(self, visible: Tensor, dtype: torch.dtype) -> Tensor | None:
-        """Additive mask (1|H, n, 1|bs, K) of one batch element; None when every key is visible (the usual case
-        inside a document), which the kernel runs faster."""
-        if bool(visible.all()):
-            return None
-        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, place: Placement
                 ) -> tuple[Tensor, Tensor]:
         results = [
             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query[b], key[b], value[b], attn_mask=self._bias(visible[b], query.dtype), scale=self.scaling)
+                query[b], key[b], value[b], attn_mask=_additive_mask(visible[b], query.dtype), scale=self.scaling)
             for b in range(query.shape[0])
         ]
         return _stack([out for out, _ in results]), _stack([lse for _, lse in results])
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
-                 lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+                 lse: Tensor, place: Placement) -> tuple[Tensor, Tensor, Tensor]:
         results = [
             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 grad_out[b], query[b], key[b], value[b], out[b], lse[b], 0.0, False,
-                attn_mask=self._bias(visible[b], query.dtype), scale=self.scaling)
+                attn_mask=_additive_mask(visible[b], query.dtype), scale=self.scaling)
             for b in range(query.shape[0])
         ]
         return tuple(_stack(list(grads)) for grads in zip(*results, strict=True))
 
 
 class MatmulCore:
-    """Batched matmuls and an explicit fp32 softmax; supports dropout on any device."""
+    """Batched matmuls and an explicit fp32 softmax, with counter-based dropout (`lsg.dropout`); any device.
 
-    def __init__(self, scaling: float, dropout: float, seed: int) -> None:
-        self.scaling, self.dropout, self.seed = scaling, dropout, seed
+    Each (bs, K) score tile is written once per pass and every elementwise step runs in place on it: the score
+    scale goes on the (bs, D) queries and gradients, the 1/(1-p) dropout scale on the (bs, D) outputs and output
+    gradients, never on a (bs, K) tile. No mask is kept: the backward pass hashes it again.
+    """
 
-    def _probabilities(self, query: Tensor, key: Tensor, visible: Tensor, lse: Tensor | None = None
-                       ) -> tuple[Tensor, Tensor]:
-        """Softmax (B, H, n, bs, K) and its log-sum-exp; pass `lse` to recompute the same probabilities."""
-        scores = (query @ key.transpose(-1, -2)).to(_softmax_dtype(query)).mul_(self.scaling)
-        scores.masked_fill_(~visible, float("-inf"))  # every row keeps its global keys
-        if lse is None:
-            lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no key of this set
-        # Clamped, an empty row's probabilities are exp(-inf) = 0 rather than NaN.
-        return scores.sub_(lse.clamp_min(torch.finfo(lse.dtype).min).unsqueeze(-1)).exp_(), lse
+    name = "matmul"
 
-    def _keep(self, shape: torch.Size, chunk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Dropout keep-mask (0 or 1) of one key set; drawn identically again in the backward pass. The 1/(1-p)
-        scale is applied to the (bs, D) outputs and output gradients, not to this (bs, K) mask."""
-        generator = torch.Generator(device=device).manual_seed(self.seed + chunk)
-        return torch.rand(shape, generator=generator, dtype=dtype, device=device).ge_(self.dropout)
+    def __init__(self, scaling: float, dropout: CounterDropout | None = None) -> None:
+        self.scaling, self.dropout = scaling, dropout
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, chunk: int
+    def _keep(self, query: Tensor, key: Tensor, place: Placement, dtype: torch.dtype) -> Tensor:
+        """The set's keep mask (B, H, n, bs, K) of 0 and 1; the same in the forward and the backward pass."""
+        B, H, n, L, _ = query.shape
+        assert self.dropout is not None
+        return self.dropout.keep(B, H, place.rows(n, L, query.device), place.first_column, key.shape[-2], dtype)
+
+    def _scores(self, query: Tensor, key: Tensor, visible: Tensor) -> Tensor:
+        """Scaled scores (B, H, n, bs, K) in `_softmax_dtype`, -inf where a key is not visible."""
+        scores = ((query * self.scaling) @ key.transpose(-1, -2)).to(_softmax_dtype(query))
+        if not bool(visible.all()):
+            scores.masked_fill_(~visible, float("-inf"))  # every row keeps its global keys
+        return scores
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, place: Placement
                 ) -> tuple[Tensor, Tensor]:
-        probs, lse = self._probabilities(query, key, visible)
-        if not self.dropout:
-            return probs.to(value.dtype) @ value, lse
-        probs.mul_(self._keep(probs.shape, chunk, probs.dtype, probs.device))
-        return (probs.to(value.dtype) @ value).mul_(1 / (1 - self.dropout)), lse
+        scores = self._scores(query, key, visible)
+        # Clamped, a row that sees no key of this set gets exp(-inf) = 0 everywhere rather than NaN.
+        peak = scores.amax(-1, keepdim=True).clamp_min_(torch.finfo(scores.dtype).min)
+        weights = scores.sub_(peak).exp_()  # softmax numerators, the largest 1 in every row that sees a key
+        total = weights.sum(-1, keepdim=True)
+        lse = (peak + total.log()).squeeze(-1)  # -inf for a row that sees no key
+        factor = 1 / total.clamp_min_(1)  # normalised on the (bs, D) output; an empty row's output stays 0
+        if self.dropout is not None:
+            weights.mul_(self._keep(query, key, place, weights.dtype))
+            factor.mul_(self.dropout.scale)
+        return (weights.to(value.dtype) @ value).mul_(factor.to(value.dtype)), lse
 
     def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
-                 lse: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+                 lse: Tensor, place: Placement) -> tuple[Tensor, Tensor, Tensor]:
         dtype = lse.dtype
-        probs, _ = self._probabilities(query, key, visible, lse)
+        # The probabilities over all key sets of the rows: exp(score - merged lse).
+        probs = self._scores(query, key, visible).sub_(lse.clamp_min(torch.finfo(dtype).min).unsqueeze(-1)).exp_()
         # rowsum(dP * P) == rowsum(dO * O), with or without dropout (FlashAttention-2's D_i).
         delta = (grad_out.to(dtype) * out.to(dtype)).sum(-1, keepdim=True)
-        dropped = probs  # the probabilities the forward pass multiplied V with, before the 1/(1-p) scale
-        if self.dropout:
-            grad_out = grad_out * (1 / (1 - self.dropout))
-            keep = self._keep(probs.shape, chunk, dtype, probs.device)
-            dropped = probs * keep
-        d_probs = (grad_out @ value.transpose(-1, -2)).to(dtype)  # (B, H, n, bs, K)
-        if self.dropout:
-            d_probs.mul_(keep)
-        grad_value = dropped.to(grad_out.dtype).transpose(-1, -2) @ grad_out
-        d_scores = d_probs.sub_(delta).mul_(probs).mul_(self.scaling).to(query.dtype)
-        return d_scores @ key, d_scores.transpose(-1, -2) @ query, grad_value
+        keep = None
+        if self.dropout is not None:
+            grad_out = grad_out * self.dropout.scale
+            keep = self._keep(query, key, place, dtype)
+        d_scores = (grad_out @ value.transpose(-1, -2)).to(dtype)  # dP, (B, H, n, bs, K)
+        if keep is not None:
+            d_scores.mul_(keep)
+        # dS = P * (dP - D); a dropped pair still gets -P * D, through the normalisation of its row.
+        d_scores = d_scores.sub_(delta).mul_(probs).to(query.dtype)
+        if keep is not None:
+            probs.mul_(keep)  # now the probabilities the forward pass multiplied V with
+        grad_value = probs.to(grad_out.dtype).transpose(-1, -2) @ grad_out
+        return ((d_scores @ key).mul_(self.scaling), (d_scores.transpose(-1, -2) @ query).mul_(self.scaling),
+                grad_value)
+
+
+class SdpaCore:
+    """CUDA: torch's fused SDPA kernels, which take `dropout_p` there, through their aten ops so that the
+    log-sum-exp comes back. A key set that every query sees whole runs the flash kernel in fp16/bf16; any other
+    (a padding or sparse-validity mask, or fp32) runs the memory-efficient kernel with an additive mask.
+
+    The kernels draw their masks from the CUDA generator (Philox): each call returns its RNG state, kept here per
+    key set (`Placement`) until the backward pass hands it back. So the masks follow torch's semantics, not
+    `lsg.dropout`'s: deterministic given the CUDA seed, but they depend on the chunking. (B, H, n) fold into the
+    kernels' head dimension, which copies the strided local windows (cheap on a GPU).
+
+    Unverified on hardware (no GPU was available): the tests run this class on CPU with stand-ins for the two
+    CUDA ops that follow their documented contracts.
+    """
+
+    name = "sdpa_cuda"
+    # (forward, backward) aten ops of each kernel; the tests swap in CPU stand-ins with the same contracts
+    ops: dict[str, tuple[Any, Any]] = {
+        "flash": (torch.ops.aten._scaled_dot_product_flash_attention,
+                  torch.ops.aten._scaled_dot_product_flash_attention_backward),
+        "efficient": (torch.ops.aten._scaled_dot_product_efficient_attention,
+                      torch.ops.aten._scaled_dot_product_efficient_attention_backward),
+    }
+    LSE_ALIGN = 32  # the memory-efficient kernel pads its log-sum-exp rows to a multiple of this
+    BIAS_ALIGN = 16  # ... and wants the rows of its additive mask aligned to this many elements
+
+    def __init__(self, scaling: float, dropout: float) -> None:
+        self.scaling, self.dropout = scaling, dropout
+        self._saved: dict[Placement, tuple[Any, ...]] = {}  # per key set: what the kernel's backward needs again
+
+    @staticmethod
+    def kernel(dtype: torch.dtype, masked: bool) -> str:
+        """Which fused kernel a key set runs: "flash" (no mask, half precision) or "efficient"."""
+        return "flash" if dtype in (torch.float16, torch.bfloat16) and not masked else "efficient"
+
+    def _fold(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(B, H, n, L, D) -> (B, H*n, L, D) contiguous, and the additive mask (B, H*n, L, K) or None."""
+        B, H, n, L, _ = query.shape
+        K, rows = key.shape[-2], visible.shape[-2]  # rows: 1, or L for causal local keys
+        q, k, v = (x.reshape(B, H * n, *x.shape[3:]).contiguous() for x in (query, key, value))
+        visible = visible.expand(B, H, n, rows, K).reshape(B, H * n, rows, K)
+        bias = _additive_mask(visible, query.dtype, columns=-(-K // self.BIAS_ALIGN) * self.BIAS_ALIGN)
+        return q, k, v, None if bias is None else bias.expand(B, H * n, L, K)  # row stride: aligned or 0
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, place: Placement
+                ) -> tuple[Tensor, Tensor]:
+        B, H, n, L, D = query.shape
+        q, k, v, bias = self._fold(query, key, value, visible)
+        kernel = self.kernel(query.dtype, bias is not None)
+        if kernel == "flash":
+            # (cumulative lengths, max lengths, RNG state, offset): passed back to the backward as returned
+            out, lse, *saved, _ = self.ops[kernel][0](q, k, v, self.dropout, scale=self.scaling)
+        else:
+            out, lse, *saved = self.ops[kernel][0](q, k, v, bias, True, self.dropout, scale=self.scaling)
+        self._saved[place] = tuple(saved)
+        # A row that sees no key of this set: finite output (its lse is replaced by -inf in `_merge`).
+        return out.nan_to_num_(0.0).reshape(B, H, n, L, D), lse[..., :L].reshape(B, H, n, L)
+
+    def backward(self, grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, visible: Tensor, out: Tensor,
+                 lse: Tensor, place: Placement) -> tuple[Tensor, Tensor, Tensor]:
+        B, H, n, L, D = query.shape
+        q, k, v, bias = self._fold(query, key, value, visible)
+        grad, o = (x.reshape(B, H * n, L, D).contiguous() for x in (grad_out, out))
+        lse = lse.reshape(B, H * n, L).contiguous()
+        saved = self._saved[place]  # kept: a retained graph may run its backward again
+        kernel = self.kernel(query.dtype, bias is not None)
+        if kernel == "flash":
+            cum_q, cum_k, max_q, max_k, seed, offset = saved
+            grads = self.ops[kernel][1](grad, q, k, v, o, lse, cum_q, cum_k, max_q, max_k, self.dropout, False,
+                                        seed, offset, scale=self.scaling)
+        else:
+            seed, offset = saved
+            rows = -(-L // self.LSE_ALIGN) * self.LSE_ALIGN
+            lse = torch.nn.functional.pad(lse, (0, rows - L))
+            grads = self.ops[kernel][1](grad, q, k, v, bias, o, lse, seed, offset, self.dropout,
+                                        [True, True, True, False], scale=self.scaling)[:3]
+        return tuple(g.reshape(B, H, n, *g.shape[2:]) for g in grads)  # the kernels' layouts may be transposed
 
 
 def _scatter_remote_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_sparse: Tensor | None, start: int,
@@ -204,17 +323,20 @@ class _KeySet(NamedTuple):
     key: Tensor
     value: Tensor
     visible: Tensor
-    number: int  # numbers the dropout masks: 0 is the global queries' set, then 2 per chunk
+    place: Placement
     remote: bool
 
 
-def _key_sets(keys: BlockKeys, start: int, stop: int, chunk: int) -> list[_KeySet]:
+def _key_sets(keys: BlockKeys, start: int, stop: int) -> list[_KeySet]:
     """The keys of blocks [start, stop) as two sets attended separately: the local windows stay strided views of
     the keys, so only the remote keys are copied."""
     visible, width = keys.visible[:, :, start:stop], keys.remote_width
+    first_row = keys.settings.num_global_tokens + start * keys.settings.block_size
     return [
-        _KeySet(*keys.remote(start, stop), keys.row_visible(visible[..., :width], local=False), 2 * chunk - 1, True),
-        _KeySet(*keys.local(start, stop), keys.row_visible(visible[..., width:], local=True), 2 * chunk, False),
+        _KeySet(*keys.remote(start, stop), keys.row_visible(visible[..., :width], local=False),
+                Placement(first_row, 0), True),
+        _KeySet(*keys.local(start, stop), keys.row_visible(visible[..., width:], local=True),
+                Placement(first_row, width), False),
     ]
 
 
@@ -265,8 +387,7 @@ class _SelectionState:
 class _BlockedAttention(torch.autograd.Function):
     """LSG attention of all queries over their `BlockKeys`, chunk by chunk, with recomputation (module docstring).
 
-    The global queries are one more chunk whose window is the whole sequence. Key-set numbers (0 for the globals'
-    set, then 2c-1 and 2c for the remote and local sets of token chunk c) number the dropout masks. The sparse
+    The global queries are one more chunk whose window is the whole sequence. The sparse
     selection runs inside the function, so its keys and values are not kept for the backward pass: it selects
     them again there, from the same RNG and autocast state, and sends their gradients back through the selector
     with autograd.
@@ -280,14 +401,14 @@ class _BlockedAttention(torch.autograd.Function):
         G, bs, N = layout.settings.num_global_tokens, layout.settings.block_size, keys.blocks
         out = torch.empty_like(query)
         out_global, lse_global = core.forward(query[:, :, None, :G], key[:, :, None], value[:, :, None],
-                                              keys.all_valid[:, None, None, None], 0)
+                                              keys.all_valid[:, None, None, None], Placement(0, 0))
         out[:, :, :G] = out_global[:, :, 0]
         lse = query.new_empty(B, H, N, bs, dtype=_softmax_dtype(query))
         ranges = chunk_ranges(N, B * H * keys.visible.shape[-1] * D)
         blocks_q, blocks_out = keys.token_blocks(query), keys.token_blocks(out)  # (B, H, N, bs, D) views
-        for chunk, (start, stop) in enumerate(ranges, start=1):
-            sets = _key_sets(keys, start, stop, chunk)
-            parts = [core.forward(blocks_q[:, :, start:stop], s.key, s.value, s.visible, s.number) for s in sets]
+        for start, stop in ranges:
+            sets = _key_sets(keys, start, stop)
+            parts = [core.forward(blocks_q[:, :, start:stop], s.key, s.value, s.visible, s.place) for s in sets]
             blocks_out[:, :, start:stop], lse[:, :, start:stop] = _merge(parts, sets)
         ctx.save_for_backward(query, key, value, out, lse, lse_global)
         ctx.layout, ctx.core, ctx.ranges, ctx.selection = layout, core, ranges, selection
@@ -307,13 +428,13 @@ class _BlockedAttention(torch.autograd.Function):
         # The global queries' backward yields full-size key/value gradients: the token chunks add into them.
         grad_q[:, :, :G], grad_k, grad_v = (g[:, :, 0] for g in core.backward(
             grad_out[:, :, None, :G], query[:, :, None, :G], key[:, :, None], value[:, :, None],
-            keys.all_valid[:, None, None, None], out[:, :, None, :G], lse_global, 0))
+            keys.all_valid[:, None, None, None], out[:, :, None, :G], lse_global, Placement(0, 0)))
         blocks = [keys.token_blocks(x) for x in (grad_out, query, out, grad_q)]  # (B, H, N, bs, D) views
-        for chunk, (start, stop) in enumerate(ctx.ranges, start=1):
+        for start, stop in ctx.ranges:
             rows = slice(start, stop)
-            for s in _key_sets(keys, start, stop, chunk):  # the remote set first: it writes dq
+            for s in _key_sets(keys, start, stop):  # the remote set first: it writes dq
                 dq, dk, dv = core.backward(blocks[0][:, :, rows], blocks[1][:, :, rows], s.key, s.value, s.visible,
-                                           blocks[2][:, :, rows], lse[:, :, rows], s.number)
+                                           blocks[2][:, :, rows], lse[:, :, rows], s.place)
                 if s.remote:
                     blocks[3][:, :, rows] = dq
                     _scatter_remote_grads(dk, keys, grad_k, grad_sk, start, stop)
@@ -331,17 +452,32 @@ class _BlockedAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
+def core_name(device: torch.device, dropout: float) -> str:
+    """The chunk core `fast_attention` runs by default: "flash_cpu" (CPU, no dropout), "sdpa_cuda" (CUDA, with
+    or without dropout) or "matmul" (CPU with dropout, and every other device)."""
+    if device.type == "cuda":
+        return "sdpa_cuda"
+    return "flash_cpu" if device.type == "cpu" and not dropout else "matmul"
+
+
+def default_core(device: torch.device, scaling: float, dropout: float) -> ChunkCore:
+    """A fresh core of `core_name`'s kind. Dropout seeds are drawn from the global CPU RNG (the matmul core) or
+    the CUDA generator (the SDPA kernels), so the trainer's seed governs the masks."""
+    name = core_name(device, dropout)
+    if name == "flash_cpu":
+        return FlashCore(scaling)
+    if name == "sdpa_cuda":
+        return SdpaCore(scaling, dropout)
+    return MatmulCore(scaling, CounterDropout(dropout, int(torch.randint(2**62, ()))) if dropout else None)
+
+
 def fast_attention(query: Tensor, key: Tensor, value: Tensor, layout: KeyLayout, dropout: float, *,
                    core: ChunkCore | None = None) -> Tensor:
     """Kernel of "lsg_fast": query/key/value (B, H, G+T', D) -> (B, H, G+T', D).
 
-    `core` defaults to `FlashCore` on CPU without dropout and to `MatmulCore` otherwise.
+    `core` defaults to `default_core` for the device and dropout.
     """
-    if core is None and query.device.type == "cpu" and not dropout:
-        core = FlashCore(layout.scaling)
-    elif core is None:
-        # The seed comes from the global RNG, so the trainer's seed governs the dropout masks.
-        core = MatmulCore(layout.scaling, dropout, seed=int(torch.randint(2**62, ())) if dropout else 0)
+    core = core or default_core(query.device, layout.scaling, dropout)
     return _BlockedAttention.apply(query, key, value, layout, core)
 
 

@@ -10,7 +10,7 @@ Importing this module (`import lsg` does) registers the LSG variants:
 | name | function | what |
 | --- | --- | --- |
 | "lsg" | `lsg_attention` | default of converted models: "lsg_flex" on CUDA without dropout, else "lsg_fast" |
-| "lsg_fast" | `lsg.fast` | chunked flash-style kernel, memory linear in the length (CPU, dropout) |
+| "lsg_fast" | `lsg.fast` | chunked flash-style kernel, memory linear in the length (CPU; CUDA with dropout) |
 | "lsg_flex" | `lsg.flex` | compiled flex_attention with a block mask (CUDA) |
 | "lsg_blocked" | `lsg.attention` | the plain kernel, every block's keys gathered at once: the tested baseline |
 | "lsg_reference" | `lsg.reference` | dense float64 reference, for checking |
@@ -21,21 +21,30 @@ Importing this module (`import lsg` does) registers the LSG variants:
 The paper's Table-1 comparison attentions (`lsg.baselines`) are opt-in: `register_table1_variants`, which
 importing `lsg.baselines` calls, registers them under the prefix "table1_" ("table1_full", "table1_local", ...),
 so that no generic name such as "full" enters transformers' process-wide attention interface.
+
+`describe_kernel` names the kernel (and `lsg_fast`'s core) "lsg" runs for a device, dtype and dropout; "lsg" logs
+that line once per combination (logger "lsg", INFO).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
+import torch
 from torch import Tensor
 
 from lsg.attention import AttentionVariant, lsg_blocked_attention
 from lsg.blockwise import blockwise_causal_attention, causal_dense_attention
-from lsg.fast import lsg_fast_attention
+from lsg.fast import SdpaCore, core_name, lsg_fast_attention
 from lsg.flex import lsg_flex_attention
 from lsg.hf import register_with_transformers
 from lsg.invariants import TOKENS_ONLY, tokens_only_attention
 from lsg.reference import reference_lsg_attention
 from lsg.registry import Registry
 from lsg.settings import LSGSettings
+
+logger = logging.getLogger("lsg")
 
 ATTENTION_VARIANTS: Registry[AttentionVariant] = Registry("attention variant", on_add=register_with_transformers)
 
@@ -45,11 +54,43 @@ TABLE1_PREFIX = "table1_"
 
 
 def default_variant_name(query: Tensor, dropout: float, training: bool) -> str:
-    """The variant "lsg" runs: compiled flex_attention on CUDA (it has no dropout and no CPU backward),
-    the memory-efficient blocked kernel everywhere else."""
-    if query.is_cuda and not (training and dropout > 0):
-        return "lsg_flex"
-    return "lsg_fast"
+    """The variant "lsg" runs: compiled flex_attention on CUDA without dropout (it has none, and no CPU
+    backward), the chunked kernel `lsg_fast` everywhere else."""
+    return _variant_name(query.is_cuda, dropout if training else 0.0)
+
+
+def _variant_name(cuda: bool, dropout: float) -> str:
+    return "lsg_flex" if cuda and not dropout else "lsg_fast"
+
+
+_CORES = {
+    "flash_cpu": "torch's fused CPU flash-attention kernels",
+    "matmul": "batched matmuls, fp32 softmax, counter-based dropout masks of lsg.dropout",
+    "sdpa_cuda": "torch's CUDA SDPA kernels, which take dropout_p",
+}
+
+
+def describe_kernel(device: torch.device | str, dtype: torch.dtype, dropout: float, training: bool) -> str:
+    """What "lsg" runs on `device` for inputs of `dtype`, as one line (the table of docs/performance.md), e.g.
+    "lsg_fast, core matmul (batched matmuls, ...)". "lsg" logs it (logger "lsg", level INFO) the first time
+    each combination runs in a process."""
+    device = torch.device(device)
+    dropout = dropout if training else 0.0
+    if _variant_name(device.type == "cuda", dropout) == "lsg_flex":
+        return "lsg_flex (compiled flex_attention, no dropout)"
+    core = core_name(device, dropout)
+    description = f"lsg_fast, core {core} ({_CORES[core]})"
+    if core == "sdpa_cuda":
+        if SdpaCore.kernel(dtype, masked=False) == "flash":
+            return description + ": flash for key sets without a mask, memory-efficient for the others"
+        return description + ": memory-efficient"
+    return description
+
+
+@functools.cache
+def _log_kernel(device: torch.device, dtype: torch.dtype, dropout: float) -> None:
+    logger.info("lsg attention on %s, %s, dropout %g: %s", device, str(dtype).removeprefix("torch."), dropout,
+                describe_kernel(device, dtype, dropout, training=True))
 
 
 def lsg_attention(
@@ -60,6 +101,7 @@ def lsg_attention(
 
     This is the default `attn_implementation` of converted models. Shapes as `AttentionVariant`.
     """
+    _log_kernel(query.device, query.dtype, dropout if training else 0.0)
     variant = ATTENTION_VARIANTS.get(default_variant_name(query, dropout, training))
     return variant(query, key, value, token_valid, settings, scaling=scaling, dropout=dropout, training=training,
                    layer_index=layer_index, causal=causal)

@@ -3,10 +3,16 @@
 1. Correctness of "lsg_flex" (compiled flex_attention, what "lsg" runs on CUDA) against the plain blocked
    kernel "lsg_blocked", for every selector, with padding, at several lengths (distinct compile buckets):
    forward in fp32 and bf16, backward in fp32.
-2. Gradient checkpointing on a tiny converted model under "lsg" (so lsg_flex) in fp32 and bf16 autocast:
+2. The dropout path ("lsg" in training with dropout: `lsg_fast` over torch's CUDA SDPA kernels, `SdpaCore`):
+   without dropout it must equal "lsg_blocked" (fp32, bf16: flash and memory-efficient kernels both used);
+   with dropout the same CUDA seed must give the same output, and the gradient must match central finite
+   differences along a random direction (fp32).
+3. Gradient checkpointing on a tiny converted model under "lsg" (so lsg_flex) in fp32 and bf16 autocast:
    the checkpointed loss and gradients must equal the plain ones.
-3. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for full SDPA, HF Longformer,
-   HF BigBird and LSG, at the lengths given (default 4096 16384 65536); it writes runs/bench/<gpu>-<date>.json.
+4. Timing: `tools.bench` with its GPU defaults (bf16, 12 layers, batch 4) for the dense floor, full SDPA
+   (flash), HF Longformer, HF BigBird and LSG (flex), each also with attention dropout 0.1 (LSG then runs
+   the SDPA-backed path), at the lengths given (default 4096 16384 65536). It writes the same JSON as
+   `make bench`, runs/bench/<gpu>-<date>.json, and prints the table for docs/performance.md.
 
 Without CUDA it exits with status 2 and says so. The GPU targets (docs/performance.md) stay unverified until someone
 runs this script and reports its output.
@@ -53,6 +59,57 @@ def check_variant(sparsity_type: str, dtype: torch.dtype, device: torch.device, 
         return output_error, None
     grad_error = max((a - b).abs().max().item() for a, b in zip(grads["lsg_flex"], grads["lsg_blocked"], strict=True))
     return output_error, grad_error
+
+
+def check_sdpa_core(dtype: torch.dtype, device: torch.device) -> tuple[float, float | None]:
+    """Max |lsg_fast over SdpaCore - lsg_blocked| of the outputs without dropout, and of the input gradients in
+    fp32 (None in bf16)."""
+    import functools
+
+    from lsg.attention import lsg_layer
+    from lsg.fast import SdpaCore, fast_attention
+
+    settings = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type="norm",
+                           num_global_tokens=2)
+    inputs = [torch.randn(2, 12, 2 + 3000, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+    valid = torch.ones(2, 3000, dtype=torch.bool, device=device)
+    valid[1, 2500:] = False  # masked key sets: the memory-efficient kernel; whole ones in bf16: flash
+    kernel = functools.partial(fast_attention, core=SdpaCore(64**-0.5, 0.0))
+    outputs = [lsg_layer(*inputs, valid, settings, scaling=64**-0.5, dropout=0.0, training=False, layer_index=0,
+                         kernel=kernel),
+               ATTENTION_VARIANTS.get("lsg_blocked")(*inputs, valid, settings, scaling=64**-0.5)]
+    output_error = (outputs[0].float() - outputs[1].float()).abs().max().item()
+    if dtype != torch.float32:
+        return output_error, None
+    grads = [torch.autograd.grad(out.pow(2).sum(), inputs) for out in outputs]
+    return output_error, max((a - b).abs().max().item() for a, b in zip(*grads, strict=True))
+
+
+def check_sdpa_dropout(device: torch.device) -> tuple[bool, float]:
+    """"lsg" with dropout 0.1 in training (fp32): whether the same seed gives the same output, and the relative
+    error of the gradient along a random direction against central finite differences. (On CPU this checks
+    the matmul core; the tests run it there.)"""
+    settings = LSGSettings(block_size=64, sparse_block_size=64, sparsity_factor=4, sparsity_type="pooling")
+    q, k, v = (torch.randn(1, 4, 1 + 1000, 32, device=device) for _ in range(3))
+    valid = torch.ones(1, 1000, dtype=torch.bool, device=device)
+    direction = [torch.randn_like(x) for x in (q, k, v)]
+    weights = torch.randn_like(q)
+
+    def loss(*inputs: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(7)  # every device's generator: the masks
+        out = ATTENTION_VARIANTS.get("lsg")(*inputs, valid, settings, scaling=32**-0.5, dropout=0.1, training=True)
+        return (out * weights).sum()
+
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    value = loss(*inputs)
+    same = bool(torch.equal(value.detach(), loss(q, k, v)))
+    analytic = sum((g * d).sum() for g, d in zip(torch.autograd.grad(value, inputs), direction, strict=True))
+    eps = 1e-2
+    with torch.no_grad():
+        plus = loss(*(x + eps * d for x, d in zip((q, k, v), direction, strict=True)))
+        minus = loss(*(x - eps * d for x, d in zip((q, k, v), direction, strict=True)))
+    numeric = (plus - minus) / (2 * eps)
+    return same, abs((analytic - numeric) / numeric).item()
 
 
 def check_checkpointing(device: torch.device, dtype: torch.dtype) -> float:
@@ -104,6 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 grad_text = "" if grad_error is None else f", grads {grad_error:.2e}"
                 print(f"{'ok  ' if ok else 'FAIL'} T={tokens:<5d} {sparsity_type:12s} {str(dtype):15s} "
                       f"outputs {output_error:.2e}{grad_text}")
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        output_error, grad_error = check_sdpa_core(dtype, device)
+        ok = output_error <= tolerance and (grad_error is None or grad_error <= 1e-3)
+        failures += not ok
+        grad_text = "" if grad_error is None else f", grads {grad_error:.2e}"
+        print(f"{'ok  ' if ok else 'FAIL'} SDPA core, dropout 0 {str(dtype):15s} outputs {output_error:.2e}"
+              f"{grad_text}")
+    same, error = check_sdpa_dropout(device)
+    ok = same and error <= 1e-2
+    failures += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} SDPA core dropout 0.1: same seed, same output: {same}; gradient vs finite "
+          f"differences {error:.2e}")
     for dtype in (torch.float32, torch.bfloat16):
         error = check_checkpointing(device, dtype)
         ok = error <= 1e-6
@@ -112,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_timing:
         from tools.bench import main as bench
 
-        bench(["--lengths", *map(str, args.lengths), "--layers", str(args.layers), "--batch", str(args.batch),
-               "--systems", "full_sdpa", "longformer_512", "bigbird", "lsg_norm", "lsg_local_256"])
+        lengths = [str(length) for length in args.lengths]
+        bench(["--lengths", *lengths, "--layers", str(args.layers), "--batch", str(args.batch), "--dropout-lengths",
+               *lengths, "--systems", "full_sdpa", "longformer_512", "bigbird", "lsg_norm", "lsg_local_256"])
     return 1 if failures else 0
 
 

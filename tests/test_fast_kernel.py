@@ -17,6 +17,7 @@ import lsg
 import lsg.fast as fast
 import lsg.flex
 from lsg.attention import KeyLayout, lsg_blocked_attention, lsg_layer
+from lsg.dropout import CounterDropout
 from lsg.flex import flex_attention_kernel, flex_length, lsg_block_mask, lsg_mask_mod
 from lsg.memory import PeakMemory
 from lsg.reference import reference_lsg_attention
@@ -59,7 +60,7 @@ def test_fast_matches_reference_and_plain(variant, sparsity_type, tokens, global
 
 CORES = {
     "flash": None,  # the default on CPU without dropout
-    "matmul": lambda: fast.MatmulCore(0.3, 0.0, seed=0),
+    "matmul": lambda: fast.MatmulCore(0.3),
 }
 
 
@@ -95,7 +96,8 @@ def test_dropout_gradients_are_exact():
     layout = KeyLayout(valid, settings, scaling=0.5, layer_index=0, training=True)
 
     def token_outputs(query, key, value):
-        return fast.fast_attention(query, key, value, layout, 0.3, core=fast.MatmulCore(0.5, 0.3, seed=7))
+        return fast.fast_attention(query, key, value, layout, 0.3,
+                                   core=fast.MatmulCore(0.5, CounterDropout(0.3, seed=7)))
 
     assert torch.autograd.gradcheck(token_outputs, tuple(x.requires_grad_() for x in (q, k, v)))
 

@@ -2,8 +2,12 @@
 
 Each system is a `System`: a name, a builder returning (model, extra forward kwargs) for a length, and
 analytic cost models (attention pairs per head for the FLOP count, and a rough memory bound used to skip
-runs that could not fit). Attention dropout is 0 unless `Shape.attention_dropout` (`--dropout`) sets it; hidden
-dropout is always 0.
+runs that could not fit). Attention dropout is 0 unless `Shape.attention_dropout` sets it (the bench's dropout
+column); hidden dropout is always 0.
+
+`floor` is the dense floor: RoBERTa with its attention replaced by a no-op of the same shapes (q + k + v), so a
+step is what every system spends outside attention (embeddings, projections, feed-forward, norms, backward of
+all of it). A system's step minus the floor is its attention share.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import BigBirdConfig, BigBirdModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
+from transformers import (
+    AttentionInterface,
+    BigBirdConfig,
+    BigBirdModel,
+    LongformerConfig,
+    LongformerModel,
+    RobertaConfig,
+    RobertaModel,
+)
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import lsg
 from lsg.layout import padded_length, uses_short_rule
@@ -55,12 +68,12 @@ Builder = Callable[[Shape, int], tuple[nn.Module, dict[str, Any]]]
 @dataclass(frozen=True)
 class System:
     """One benchmarked system. `pairs(length)`: (query, key) pairs per head and layer (attention FLOPs);
-    `quadratic_bytes(shape, batch, length)`: memory that grows faster than linearly (0 if none)."""
+    `quadratic_bytes(shape, batch, length, device)`: memory that grows faster than linearly (0 if none)."""
 
     name: str
     build: Builder
     pairs: Callable[[int], float]
-    quadratic_bytes: Callable[[Shape, int, int], float] = lambda shape, batch, length: 0.0
+    quadratic_bytes: Callable[[Shape, int, int, torch.device], float] = lambda shape, batch, length, device: 0.0
 
 
 def _full(implementation: str) -> Builder:
@@ -113,14 +126,30 @@ def lsg_pairs(settings: LSGSettings) -> Callable[[int], float]:
     return pairs
 
 
-def _eager_bytes(shape: Shape, batch: int, length: int) -> float:
+def _eager_bytes(shape: Shape, batch: int, length: int, device: torch.device) -> float:
     # eager keeps scores and probabilities per layer for the backward pass, fp32
     return 2.0 * shape.layers * batch * shape.heads * length**2 * 4
 
 
-def _sdpa_bytes(shape: Shape, batch: int, length: int) -> float:
-    # with dropout, SDPA leaves the fused kernels for its math path, which is eager's memory
-    return _eager_bytes(shape, batch, length) if shape.attention_dropout else 0.0
+def _sdpa_bytes(shape: Shape, batch: int, length: int, device: torch.device) -> float:
+    # with dropout on CPU, SDPA leaves the fused kernels for its math path, which is eager's memory (CUDA's flash and
+    # memory-efficient kernels take dropout)
+    return _eager_bytes(shape, batch, length, device) if shape.attention_dropout and device.type != "cuda" else 0.0
+
+
+FLOOR = "floor"
+_FLOOR_ATTENTION = "bench_floor"  # its name in transformers' attention tables
+
+
+def _no_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                  **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The floor's attention: q + k + v (B, H, T, D) returned as transformers' (B, T, H, D), so the q, k and v
+    projections stay in the forward and backward passes."""
+    return (query + key + value).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(_FLOOR_ATTENTION, _no_attention)
+AttentionMaskInterface.register(_FLOOR_ATTENTION, sdpa_mask)
 
 
 LSG_NORM = LSGSettings(block_size=128, sparse_block_size=128, sparsity_factor=4, sparsity_type="norm")
@@ -131,6 +160,7 @@ REFERENCE = "lsg_norm"  # the ratios of the report are system / this
 def all_systems() -> dict[str, System]:
     """Every system by name, in the order of the report."""
     systems = [
+        System(FLOOR, _full(_FLOOR_ATTENTION), lambda n: 0.0),
         System("full_eager", _full("eager"), lambda n: float(n * n), _eager_bytes),
         System("full_sdpa", _full("sdpa"), lambda n: float(n * n), _sdpa_bytes),
         System("longformer_512", _longformer(512), lambda n: float(n * 513 + 2 * n)),
