@@ -263,11 +263,11 @@ def run_table(table: str, scale: str, seeds: tuple[int, ...], extra: list[str], 
     run_dirs: dict[PlannedRun, str] = {}
     for n, run in enumerate(planned, 1):
         cfg = compose_run(run, experiment, extra)
-        if cfg.run_dir in run_dirs.values():  # another row's run at this scale: its metrics fill both cells
-            log.info("run %d/%d: %s is the same run as an earlier row (%s)", n, len(planned), run.row, cfg.run_dir)
-            run_dirs[run] = cfg.run_dir
-            continue
+        shared = cfg.run_dir in run_dirs.values()  # another row's run at this scale: its metrics fill both cells
         run_dirs[run] = cfg.run_dir
+        if shared:
+            log.info("run %d/%d: %s is the same run as an earlier row (%s)", n, len(planned), run.row, cfg.run_dir)
+            continue
         log.info("run %d/%d: %s on %s -> %s", n, len(planned), run.model or run.row, run.task, cfg.run_dir)
         try:
             train(cfg, force=force)
