@@ -38,7 +38,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    AutoTokenizer,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    get_linear_schedule_with_warmup,
+)
 
 import lsg
 from lsg.assets import minilm_dir
@@ -171,8 +177,8 @@ def run_classifier(scale: Scale, plan: list[str]) -> dict[str, Any]:
     )
     # As the Trainer of `make run` and the Table 2 smoke: the rate decays linearly to 0, gradients are clipped to
     # norm 1 (the fresh head moves at a large rate).
-    updates = max(1, scale.epochs * len(train) // scale.accumulation)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: 1 - update / updates)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, max(1, scale.epochs * len(train) // scale.accumulation))
+    trained_parameters = [p for _, p in trained]
     generator = torch.Generator().manual_seed(scale.seed)
     steps, seconds = 0, 0.0
     model.train()
@@ -186,7 +192,7 @@ def run_classifier(scale: Scale, plan: list[str]) -> dict[str, Any]:
             (loss / scale.accumulation).backward()
             steps += 1
             if steps % scale.accumulation == 0:
-                torch.nn.utils.clip_grad_norm_([p for _, p in trained], 1.0)
+                torch.nn.utils.clip_grad_norm_(trained_parameters, 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad()
@@ -239,7 +245,7 @@ def run_language_model(scale: Scale, plan: list[str]) -> dict[str, Any]:
     train, test = wiki_bytes("train"), wiki_bytes("test")
     generator = torch.Generator().manual_seed(scale.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=scale.lm_learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / scale.lm_steps)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, scale.lm_steps)
     seconds = 0.0
     model.train()
     for _ in tqdm(range(scale.lm_steps), desc=f"wiki LM {plan.count('full')} full", leave=False):
