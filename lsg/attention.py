@@ -109,6 +109,8 @@ class BlockKeys:
             globals only).
         sparse_valid: (B, 1|H, S) validity of the sparse tokens, or None; with `all_valid`, what kernels
             that apply the layout themselves need (`lsg.flex`).
+        sparse_index: (B, H, S) the token (0 = the first after the globals) each sparse token is, when the
+            selector picks tokens (`SparseTokens.index`); None otherwise.
         local_rows: causal attention only, (bs, 3*bs) bool: which local slots each query row of a block may see
             (`lsg.layout.causal_local_rows`), on top of `visible`; None when bidirectional.
     """
@@ -121,6 +123,7 @@ class BlockKeys:
     all_valid: Tensor
     settings: LSGSettings
     sparse_valid: Tensor | None = None
+    sparse_index: Tensor | None = None
     local_rows: Tensor | None = None
 
     @property
@@ -213,6 +216,7 @@ def build_block_keys(
         all_valid=torch.cat([valid.new_ones(B, G), torch.zeros_like(valid) if causal else valid], dim=1),
         settings=settings,
         sparse_valid=None if sparse is None else sparse.valid,
+        sparse_index=None if sparse is None else sparse.index,
         local_rows=causal_local_rows(bs, key.device) if causal else None,
     )
 

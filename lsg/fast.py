@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 
 from lsg.attention import BlockKeys, KeyLayout, block_variant
 from lsg.dropout import CounterDropout
-from lsg.layout import LOCAL_BLOCK_OFFSETS, sparse_window_index
+from lsg.layout import LOCAL_BLOCK_OFFSETS, sparse_margin, sparse_window_index
 
 # Key elements (remote and local) per chunk: 2**20 fp32 elements, 2 blocks of RoBERTa-base at the defaults, so 16
 # chunks at 4096 tokens. Measured on 2 cores (torch 2.13, RoBERTa-base heads, fwd+bwd of one layer's attention):
@@ -304,6 +304,16 @@ def _scatter_remote_grads(grad: Tensor, keys: BlockKeys, into: Tensor, into_spar
         into_sparse.index_add_(2, index, grad[:, :, :, G:].flatten(2, 3))
 
 
+def _scatter_picked_grads(grad: Tensor, keys: BlockKeys, into: Tensor) -> None:
+    """Add the gradient of the padded sparse keys (or values) `grad` (B, H, S + 2*margin, D) into `into`
+    (B, H, G+T', D) at the tokens the selector picked (`BlockKeys.sparse_index`): the adjoint of the pick and
+    the padding, without autograd's full-size zero buffers for the gather and the slice of the globals."""
+    G, margin = keys.settings.num_global_tokens, sparse_margin(keys.settings)
+    index = keys.sparse_index
+    picked = grad[:, :, margin : margin + index.shape[-1]]
+    into[:, :, G:].scatter_add_(2, index.unsqueeze(-1).expand_as(picked), picked)
+
+
 def _scatter_local_grads(grad: Tensor, keys: BlockKeys, into: Tensor, start: int, stop: int) -> None:
     """Add the gradient of the local-window keys (or values) of token blocks [start, stop), (B, H, n, 3bs, D),
     into `into` (B, H, G+T', D): the adjoint of `BlockKeys.local`."""
@@ -389,8 +399,8 @@ class _BlockedAttention(torch.autograd.Function):
 
     The global queries are one more chunk whose window is the whole sequence. The sparse
     selection runs inside the function, so its keys and values are not kept for the backward pass: it selects
-    them again there, from the same RNG and autocast state, and sends their gradients back through the selector
-    with autograd.
+    them again there, from the same RNG and autocast state. Their gradients go back to the tokens a picking
+    selector chose (stride, block_stride, norm) by one scatter, and through a mixing one with autograd.
     """
 
     @staticmethod
@@ -443,7 +453,10 @@ class _BlockedAttention(torch.autograd.Function):
                     blocks[3][:, :, rows].add_(dq)
                     _scatter_local_grads(dk, keys, grad_k, start, stop)
                     _scatter_local_grads(dv, keys, grad_v, start, stop)
-        if keys.sparse_key is not None:  # through the selector, into whichever of q, k, v it read
+        if keys.sparse_index is not None:  # picked tokens: their gradients go straight back to them
+            _scatter_picked_grads(grad_sk, keys, grad_k)
+            _scatter_picked_grads(grad_sv, keys, grad_v)
+        elif keys.sparse_key is not None:  # through the selector, into whichever of q, k, v it read
             through = torch.autograd.grad((keys.sparse_key, keys.sparse_value), sources, (grad_sk, grad_sv),
                                           allow_unused=True)
             for total, part in zip((grad_q, grad_k, grad_v), through, strict=True):

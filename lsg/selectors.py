@@ -39,11 +39,16 @@ class SelectorInputs:
 
 @dataclass
 class SparseTokens:
-    """Sparse keys/values (B, H, S, D) and their validity, broadcastable to (B, H, S)."""
+    """Sparse keys/values (B, H, S, D) and their validity, broadcastable to (B, H, S).
+
+    `index` (B, H, S) is set by the selectors that pick tokens rather than mix them (stride, block_stride,
+    norm): sparse token s of head h is token index[b, h, s]. A kernel may then send the sparse keys' gradients
+    straight to those tokens instead of through autograd (`lsg.fast`)."""
 
     keys: Tensor
     values: Tensor
     valid: Tensor
+    index: Tensor | None = None
 
 
 Selector = Callable[[SelectorInputs], SparseTokens]
@@ -56,7 +61,8 @@ def select_sparse_tokens(inputs: SelectorInputs) -> SparseTokens:
         return SparseTokens(inputs.keys, inputs.values, inputs.valid[:, None])
     sparse = SPARSE_SELECTORS.get(inputs.settings.sparsity_type)(inputs)
     # Under autocast a selector's einsums return the autocast dtype; the kernels need the keys' own.
-    return SparseTokens(sparse.keys.to(inputs.keys.dtype), sparse.values.to(inputs.values.dtype), sparse.valid)
+    return SparseTokens(sparse.keys.to(inputs.keys.dtype), sparse.values.to(inputs.values.dtype), sparse.valid,
+                        sparse.index)
 
 
 def _gather_tokens(inputs: SelectorInputs, index: Tensor) -> SparseTokens:
@@ -65,7 +71,7 @@ def _gather_tokens(inputs: SelectorInputs, index: Tensor) -> SparseTokens:
     index = index.expand(B, H, -1)
     pick = index.unsqueeze(-1).expand(-1, -1, -1, D)
     valid = inputs.valid[:, None].expand(B, H, -1).gather(-1, index)
-    return SparseTokens(inputs.keys.gather(2, pick), inputs.values.gather(2, pick), valid)
+    return SparseTokens(inputs.keys.gather(2, pick), inputs.values.gather(2, pick), valid, index)
 
 
 @SPARSE_SELECTORS.register("stride")

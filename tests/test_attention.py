@@ -209,3 +209,22 @@ def test_norm_window_ending_inside_a_chunk_takes_the_keys_in_sequence_order(toke
         torch.manual_seed(seed)
         fast, reference = run_both(settings, tokens, pad=5, heads=2)
         torch.testing.assert_close(fast, reference, atol=3e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSE_TYPES)
+def test_selectors_that_pick_tokens_say_which(sparsity_type):
+    """`SparseTokens.index` (what the fast kernel's backward scatters gradients by) names exactly the tokens a
+    picking selector returned; selectors that mix tokens leave it None."""
+    from lsg.selectors import SelectorInputs, select_sparse_tokens
+
+    settings = LSGSettings(block_size=16, sparse_block_size=16, sparsity_factor=4, sparsity_type=sparsity_type)
+    keys, values = torch.randn(2, 3, 64, 8), torch.randn(2, 3, 64, 8)
+    valid = padded_validity(2, 64, 5)
+    sparse = select_sparse_tokens(SelectorInputs(keys, values, valid, keys[:, :, 0], 8**-0.5, settings))
+    if sparsity_type not in ("stride", "block_stride", "norm"):
+        assert sparse.index is None
+        return
+    assert sparse.index.shape == sparse.keys.shape[:3]
+    pick = sparse.index.unsqueeze(-1).expand_as(sparse.keys)
+    assert torch.equal(sparse.keys, keys.gather(2, pick)) and torch.equal(sparse.values, values.gather(2, pick))
+    assert torch.equal(sparse.valid.expand_as(sparse.index), valid[:, None].expand(2, 3, 64).gather(2, sparse.index))
