@@ -31,6 +31,9 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
             assert cell["attention_s"] == pytest.approx(cell["median_s"] - cells["floor"]["median_s"])
     assert record["time_ratios"]["lsg_norm"]["512"] == 1.0 and record["attention_ratios"]["lsg_norm"]["512"] == 1.0
     assert record["kernel"]["lsg"]["gflops"] > 0 and record["dropout_lengths"] == []  # no 4096 here
+    fused = record["kernel"]["fused"]  # torch's own fused kernel, the yardstick of the fraction of peak
+    assert fused["dense"]["query"] == [1, 4, 513, 16] and fused["lsg_call"]["key"] == [4, 2, 384, 16]
+    assert all(fused[label]["fraction_of_peak"] > 0 for label in ("dense", "lsg_call"))
 
 
 def test_quadratic_systems_are_skipped_before_they_run():
@@ -84,7 +87,15 @@ def test_goals_compare_attention_shares_and_the_dropout_step():
     assert all(goals[name]["met"] for name in ("attention longformer_512 / lsg_norm at 4096",
                                                "attention bigbird / lsg_norm at 4096",
                                                "time lsg_norm dropout 0.1 / no dropout at 4096",
-                                               "memory lsg_norm dropout 0.1 / full_sdpa at 4096"))
+                                               "memory lsg_norm dropout 0.1 / full_sdpa at 4096, per position"))
+    # LSG's 4097 positions against SDPA's 4096: the same memory per position meets the goal, one byte more does not
+    same_per_position = synthetic_cells(1.6, 1.9)
+    same_per_position[-2]["peak_bytes"] = 500 * 2**20 * 4097 / 4096
+    memory = {goal["goal"]: goal for goal in evaluate_goals(same_per_position, None)}
+    assert memory["memory lsg_norm / full_sdpa at 4096, per position"]["value"] == pytest.approx(1.0)
+    same_per_position[-2]["peak_bytes"] += 1
+    memory = {goal["goal"]: goal for goal in evaluate_goals(same_per_position, None)}
+    assert memory["memory lsg_norm / full_sdpa at 4096, per position"]["met"] is False
     slow = {goal["goal"]: goal["met"] for goal in evaluate_goals(synthetic_cells(1.6, 2.0), None)}
     assert slow["time lsg_norm dropout 0.1 / no dropout at 4096"] is False
     table = format_table(cells, [4096], [4096])
