@@ -12,19 +12,21 @@ attention uses). Only the output and the row log-sum-exp are kept; the backward 
 again, as FlashAttention recomputes its scores, and adds the key gradients back into their sources
 (`_scatter_remote_grads`, `_scatter_local_grads`). The sparse keys and values are not kept either: the backward
 pass runs the selector again, so the step holds no more activations than full attention with SDPA (`make
-bench` measures both).
+bench` measures both), and sends their gradients to the tokens a picking selector chose (`_scatter_picked_grads`).
 
 Splitting the keys cut the kernel's step by about 20 % against one gathered set of K = G + 2sbs + 3bs keys
 (RoBERTa-base heads, 4096 tokens, 2 cores): the local keys are no longer copied, and torch's CPU flash
 backward runs sets of 257 and 384 keys faster than one of 641.
 
-Two interchangeable cores do a chunk's attention:
+Three interchangeable cores do a chunk's attention (`core_name` picks one per device and dropout):
 
 * `FlashCore` (CPU, no dropout): torch's fused flash-attention CPU kernels, forward and backward, called
   directly so the log-sum-exp can be kept. Fastest on CPU; they do not support dropout.
-* `MatmulCore` (any device, dropout): one batched matmul for the scores, an fp32 softmax and one for the
-  output. Dropout masks come from a generator reseeded per key set, so the backward pass draws them again and
+* `MatmulCore` (CPU with dropout, other devices): one batched matmul for the scores, an fp32 softmax and one
+  for the output. Its dropout masks are counter-based (`lsg.dropout`): the backward pass hashes them again, so
   training with `attention_probs_dropout_prob > 0` keeps the same memory profile.
+* `SdpaCore` (CUDA): torch's fused CUDA SDPA kernels, which take dropout; their RNG state is kept per key set
+  for the backward pass.
 """
 
 from __future__ import annotations
