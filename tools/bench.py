@@ -53,6 +53,8 @@ import transformers
 from tqdm import tqdm
 
 from lsg.atomic import staged_file, write_json
+from lsg.fast import chunk_ranges
+from lsg.layout import padded_length
 from lsg.memory import PeakMemory
 from lsg.variants import ATTENTION_VARIANTS
 from tools.bench_systems import (
@@ -181,11 +183,13 @@ def fused_attention_efficiency(shape: Shape, batch: int, length: int, device: to
                                peak: float) -> dict[str, Any]:
     """torch's fused SDPA alone, forward + backward, as a yardstick for the LSG kernel's fraction of peak:
     dense attention at `length` (at most 4096: it is quadratic), and the shape of the calls the LSG kernel makes
-    (the local key set of a chunk of 2 blocks: bs queries over 3*bs keys, the blocks as heads)."""
+    (the local key set of its first chunk, as `lsg.fast` cuts it: bs queries over 3*bs keys, the blocks as heads;
+    2 blocks at the RoBERTa-base defaults)."""
     D, H, bs = shape.head_dim, shape.heads, LSG_NORM.block_size
     dense = 1 + min(length, 4096)
+    start, stop = chunk_ranges(padded_length(length, LSG_NORM) // bs, batch * H * LSG_NORM.keys_per_query() * D)[0]
     shapes = {"dense": ((batch, H, dense, D), (batch, H, dense, D)),
-              "lsg_call": ((batch * H, 2, bs, D), (batch * H, 2, 3 * bs, D))}
+              "lsg_call": ((batch * H, stop - start, bs, D), (batch * H, stop - start, 3 * bs, D))}
     result: dict[str, Any] = {}
     for label, (query_shape, key_shape) in shapes.items():
         q = torch.randn(query_shape, device=device, dtype=dtype, requires_grad=True)
@@ -324,6 +328,11 @@ def add_attention_shares(cells: list[dict[str, Any]]) -> None:
             cell["attention_s"] = cell["median_s"] - floor[cell["length"]]
 
 
+def column_dropout(cells: list[dict[str, Any]]) -> float | None:
+    """The attention dropout of the run's dropout column, or None when it has none."""
+    return next((c["dropout"] for c in cells if c["dropout"]), None)
+
+
 def dropout_step_ratios(cells: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """{system: {length: step with dropout / step without}} where both were measured."""
     plain = {(c["system"], c["length"]): c["median_s"] for c in cells if not c["dropout"] and c.get("median_s")}
@@ -341,7 +350,7 @@ def format_table(cells: list[dict[str, Any]], lengths: list[int], dropout_length
     dropout, its ratio to the same system without, and the attention share's ratio to LSG's with dropout."""
     time_ratio, memory_ratio = ratio_table(cells, "median_s"), ratio_table(cells, "peak_bytes")
     attention_ratio = ratio_table(cells, "attention_s")
-    dropout = next((c["dropout"] for c in cells if c["dropout"]), 0.0)
+    dropout = column_dropout(cells) or 0.0
     own, attention_dropout = dropout_step_ratios(cells), ratio_table(cells, "attention_s", dropout)
     header = ["system"]
     for length in lengths:
@@ -381,7 +390,7 @@ def format_table(cells: list[dict[str, Any]], lengths: list[int], dropout_length
 def evaluate_goals(cells: list[dict[str, Any]], kernel: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The CPU goals (docs/performance.md) that this run can check: value, target and whether it is met."""
     cell = {(c["system"], c["length"], c["dropout"]): c for c in cells if c["status"] == "ok"}
-    dropout = next((c["dropout"] for c in cells if c["dropout"]), None)
+    dropout = column_dropout(cells)
 
     def ratio(numerator: str, denominator: str, length: int, key: str = "median_s", other: int | None = None,
               p: float = 0.0, q: float = 0.0):
